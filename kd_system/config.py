@@ -1,0 +1,281 @@
+"""One typed, frozen configuration for a run, loaded from YAML plus ``--set key=value`` overrides.
+
+Everything that crosses a process boundary (actors, learner, evaluator) receives a section of it.
+Validation happens up front, before Ray or Redis start, and every error names its field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+SHIPPED_PREFIX = "shipped:"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    id: str = "CartPole-v1"
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """``checkpoint`` is a directory in the project's format, or ``shipped:NAME`` for a bundled teacher."""
+    checkpoint: str = "shipped:cartpole-v1"
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "relu"
+    max_param_fraction: float = 0.10  # refuse students larger than this share of the teacher
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    redis_url: str | None = None  # None: the head starts a private redis-server
+    capacity_states: int = 200_000
+    chunk_states: int = 256
+    clear_on_start: bool = True
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    num_actors: int = 2
+    envs_per_actor: int = 8
+    epsilon: float = 0.05  # teacher-driven collection explores with this probability
+    chunks_per_write: int = 1
+    num_cpus: float = 0.25
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    loss: str = "kl"  # kl | mse | nll
+    temperature: float | None = None  # None: 0.01 for q teachers (Rusu et al. 2015), 1.0 for logits
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 10.0
+    min_states_to_start: int = 5_000
+    max_samples_per_insert: float = 32.0  # learner pauses when it has replayed this many times the data written
+    publish_every_updates: int = 200
+    prefetch_batches: int = 8
+    prefetch_threads: int = 1
+    chunks_per_sample: int = 4
+    device: str = "auto"  # auto | cpu | cuda
+    num_cpus: float = 0.5
+    torch_threads: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    run_name: str | None = None
+    runs_dir: str = "runs"
+    snapshot_every_s: float = 10.0
+    snapshot_every_updates: int | None = None
+    keep_snapshots: int = 3
+    eval_episodes: int = 20
+    final_eval_episodes: int = 50
+    heldout_states: int = 5_000
+    evaluator_num_cpus: float = 0.25
+    target_score: float | None = 1.0  # stop when a snapshot's teacher-normalized score reaches this
+    max_updates: int | None = None
+    max_wall_s: float | None = 150.0
+    progress_every_s: float = 2.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    actors: ActorConfig = field(default_factory=ActorConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise AssertionError(f"unsupported config annotation {annotation} at {where}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; valid keys here are: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        path = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], value, path)
+        else:
+            kwargs[name] = _coerce(value, hints[name], path)
+    return cls(**kwargs)
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    config = _build(RunConfig, data, "")
+    validate(config)
+    return config
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``section.key=value`` strings; values are parsed as YAML scalars (``1e-3``, ``[64,64]``, ``null``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set learner.lr=3e-4")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"--set {key!r}: expected section.key, e.g. actors.num_actors")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        section = data.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"--set {key!r}: {parts[0]} is not a section")
+        section[parts[1]] = value
+    return data
+
+
+def resolve_config_path(path: str) -> Path:
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    shipped = PACKAGE_DIR / "configs" / f"{path.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in (PACKAGE_DIR / "configs").glob("*.yaml"))
+    raise ConfigError(f"config file {path} does not exist; pass a YAML path or a shipped config name ({', '.join(names)})")
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> RunConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        config_path = resolve_config_path(path)
+        try:
+            loaded = yaml.safe_load(config_path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{config_path}: malformed YAML{where}; fix the file's syntax") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{config_path}: the top level must be a mapping of sections (env, teacher, ...)")
+        data = loaded or {}
+    data = apply_overrides(data, overrides or [])
+    try:
+        return from_dict(data)
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from None
+        raise
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def resolve_teacher_path(checkpoint: str) -> Path:
+    if checkpoint.startswith(SHIPPED_PREFIX):
+        name = checkpoint[len(SHIPPED_PREFIX):]
+        path = PACKAGE_DIR / "teachers" / name
+        if not path.is_dir():
+            names = sorted(p.name for p in (PACKAGE_DIR / "teachers").iterdir() if p.is_dir())
+            raise ConfigError(f"teacher.checkpoint: no shipped teacher {name!r}; shipped: {', '.join(names)}")
+        return path
+    return Path(checkpoint).expanduser()
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(config: RunConfig) -> None:
+    """Range and consistency checks that need no I/O (env ids and teachers are checked at start-up)."""
+    s, a, lrn, h = config.store, config.actors, config.learner, config.head
+    _require(bool(config.env.id), "env.id must name a Gymnasium environment, e.g. CartPole-v1")
+    _require(all(w > 0 for w in config.student.hidden), "student.hidden must list positive layer widths")
+    _require(0 < config.student.max_param_fraction <= 1, "student.max_param_fraction must be in (0, 1]")
+    _require(s.capacity_states > 0 and s.chunk_states > 0, "store.capacity_states and store.chunk_states must be positive")
+    _require(s.capacity_states >= 2 * s.chunk_states, "store.capacity_states must hold at least two chunks (2 × store.chunk_states)")
+    if s.redis_url is not None:
+        _require(s.redis_url.split("://")[0] in ("redis", "rediss", "unix"),
+                 "store.redis_url must start with redis://, rediss:// or unix://")
+    _require(a.num_actors >= 1 and a.envs_per_actor >= 1, "actors.num_actors and actors.envs_per_actor must be >= 1")
+    _require(0.0 <= a.epsilon <= 1.0, "actors.epsilon must be in [0, 1]")
+    _require(a.num_cpus > 0 and lrn.num_cpus > 0 and h.evaluator_num_cpus > 0, "num_cpus settings must be > 0")
+    _require(lrn.loss in ("kl", "mse", "nll"), f"learner.loss {lrn.loss!r} is unknown; use kl, mse or nll")
+    _require(lrn.temperature is None or lrn.temperature > 0, "learner.temperature must be > 0 (or null for the default)")
+    _require(lrn.batch_size >= 1 and lrn.lr > 0, "learner.batch_size must be >= 1 and learner.lr > 0")
+    _require(lrn.device in ("auto", "cpu", "cuda"), "learner.device must be auto, cpu or cuda")
+    _require(lrn.min_states_to_start <= s.capacity_states,
+             "learner.min_states_to_start exceeds store.capacity_states: the learner would wait forever; lower it or raise the capacity")
+    _require(lrn.max_samples_per_insert > 0, "learner.max_samples_per_insert must be > 0")
+    _require(lrn.prefetch_batches >= 1 and lrn.prefetch_threads >= 1 and lrn.chunks_per_sample >= 1,
+             "learner.prefetch_batches, prefetch_threads and chunks_per_sample must be >= 1")
+    _require(h.eval_episodes >= 1 and h.final_eval_episodes >= 1, "head.eval_episodes and head.final_eval_episodes must be >= 1")
+    _require(h.snapshot_every_s > 0, "head.snapshot_every_s must be > 0")
+    _require(h.keep_snapshots >= 1, "head.keep_snapshots must be >= 1")
+    _require(h.max_updates is not None or h.max_wall_s is not None or h.target_score is not None,
+             "set at least one stop condition: head.target_score, head.max_updates or head.max_wall_s")

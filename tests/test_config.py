@@ -1,0 +1,76 @@
+import pytest
+
+from kd_system.config import PACKAGE_DIR, RunConfig, load_config, to_dict, from_dict
+from kd_system.errors import ConfigError
+
+
+def test_default_config_distils_the_shipped_cartpole_teacher():
+    config = load_config(None)
+    assert config == RunConfig()
+    assert config.env.id == "CartPole-v1"
+    assert config.teacher.checkpoint == "shipped:cartpole-v1"
+
+
+def test_overrides_are_typed():
+    config = load_config(None, ["learner.lr=3e-4", "student.hidden=[32, 16]", "head.max_updates=10",
+                                "store.redis_url=redis://:pw@localhost:6379/0", "learner.temperature=null"])
+    assert config.learner.lr == 3e-4
+    assert config.student.hidden == (32, 16)
+    assert config.head.max_updates == 10
+    assert config.learner.temperature is None
+
+
+def test_round_trip_through_dict():
+    config = load_config(None, ["student.hidden=[8]"])
+    assert from_dict(to_dict(config)) == config
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):
+        RunConfig().learner.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["learner.lr_typo=1"], "unknown key learner.lr_typo"),
+    (["nosuchsection.x=1"], "unknown key nosuchsection"),
+    (["learner.lr=fast"], "learner.lr: expected a number"),
+    (["actors.num_actors=two"], "actors.num_actors: expected an integer"),
+    (["learner.loss=hinge"], "learner.loss 'hinge' is unknown"),
+    (["actors.epsilon=1.5"], "actors.epsilon must be in [0, 1]"),
+    (["store.redis_url=http://x"], "store.redis_url must start with"),
+    (["learner.min_states_to_start=10000000"], "would wait forever"),
+    (["head.target_score=null", "head.max_wall_s=null"], "stop condition"),
+    (["learner.lr"], "expected section.key=value"),
+])
+def test_bad_values_name_the_field(overrides, fragment):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(None, overrides)
+    assert fragment in str(info.value)
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("env:\n  id: CartPole-v1\n learner: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(path) in str(info.value) and "malformed YAML at line" in str(info.value)
+
+
+def test_unknown_key_in_file_names_file(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("learner:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(path) in str(info.value) and "learner.lrr" in str(info.value)
+
+
+def test_missing_config_file_lists_shipped_names():
+    with pytest.raises(ConfigError) as info:
+        load_config("/no/such/file.yaml")
+    assert "does not exist" in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (PACKAGE_DIR / "configs").glob("*.yaml")))
+def test_shipped_configs_load_by_name(name):
+    config = load_config(name)
+    assert config.teacher.checkpoint.startswith("shipped:")
