@@ -1,0 +1,105 @@
+"""``kd-system``: run a distillation, resume one, evaluate a checkpoint, train a teacher.
+
+Every user error is one line on stderr, naming the file or field and what to do, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import KDError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import head
+    from .config import load_config
+    from .run_dir import RunDirectory
+
+    if args.resume:
+        if args.config:
+            raise KDError("--resume takes the config saved in the run directory; drop --config (use --set to change settings)")
+        run, config = RunDirectory.open_existing(args.resume, args.set)
+    else:
+        config = load_config(args.config, args.set)
+        name = config.head.run_name or f"{config.env.id.replace('/', '_').lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
+        from .preparation import prepare
+        prepare(config)  # fail on a bad env or teacher before creating anything on disk
+        run = RunDirectory.create(config.head.runs_dir, name, config)
+    summary = head.run(config, run, address=args.address, resumed=bool(args.resume))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .envs import env_spaces
+    from .errors import ConfigError
+    from .evaluation import random_act_fn, run_episodes
+    from .evaluator import normalized_score
+    from .policy_files import FrozenPolicy
+
+    policy = FrozenPolicy.load(args.checkpoint)
+    env_id = args.env or policy.spec.env_id
+    spaces = env_spaces(env_id)
+    if tuple(policy.spec.obs_shape) != spaces.obs_shape or policy.spec.num_actions != spaces.num_actions:
+        raise ConfigError(f"{args.checkpoint} does not fit {env_id} (observations {tuple(policy.spec.obs_shape)} vs "
+                          f"{spaces.obs_shape}, actions {policy.spec.num_actions} vs {spaces.num_actions}); pass --env with the env it was trained on")
+    result = run_episodes(env_id, policy.greedy_actions, args.episodes, args.seed)
+    random = run_episodes(env_id, random_act_fn(spaces.num_actions, args.seed), args.episodes, args.seed)
+    report = {"checkpoint": str(args.checkpoint), "role": policy.spec.role, "env_id": env_id, "params": policy.num_params,
+              "episodes": args.episodes, "seed": args.seed, "return_mean": result.mean, "return_std": result.std,
+              "random_return_mean": random.mean}
+    teacher_dir = policy.spec.model_card.get("distilled_from")
+    if policy.spec.role == "student" and teacher_dir and Path(teacher_dir).is_dir():
+        teacher = FrozenPolicy.load(teacher_dir)
+        teacher_result = run_episodes(env_id, teacher.greedy_actions, args.episodes, args.seed)
+        report |= {"teacher": teacher_dir, "teacher_return_mean": teacher_result.mean,
+                   "normalized_score": normalized_score(result.mean, teacher_result.mean, random.mean)}
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kd-system", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="distil a teacher into a student (default: the shipped CartPole-v1 teacher)")
+    run.add_argument("--config", help="YAML run config, or a shipped config name (cartpole-v1, acrobot-v1, lunarlander-v3)")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override one setting, e.g. --set learner.lr=3e-4 (repeatable)")
+    run.add_argument("--address", help="join a running Ray cluster (auto or HOST:PORT) instead of starting a local one")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its latest snapshot")
+    run.set_defaults(func=_run)
+
+    evaluate = commands.add_parser("eval", help="score a checkpoint (student snapshot or teacher) over N episodes")
+    evaluate.add_argument("checkpoint", help="a checkpoint directory (spec.json + model.safetensors)")
+    evaluate.add_argument("--episodes", type=int, default=20)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--env", help="env id (default: the one in the checkpoint's spec)")
+    evaluate.add_argument("--json", metavar="PATH", help="also write the report to this file")
+    evaluate.set_defaults(func=_eval)
+
+    from .teacher_training import register_cli
+    register_cli(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KDError as exc:
+        message = " ".join(str(exc).split())
+        print(f"kd-system: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kd-system: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The one place that knows the distributed topology: which components become Ray actors,
+with what resources, on which nodes. Components themselves are plain classes."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from .collector import Collector, CollectorSettings
+from .config import RunConfig
+from .errors import KDError
+from .evaluator import Evaluator
+from .learner import Learner
+from .policy_files import PolicyBundle, PolicySpec
+from .store import StoreAddress
+
+# Workers inherit these so that fractional-CPU actors do not each spawn a full thread pool.
+_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def connect_ray(address: str | None) -> bool:
+    """Join a cluster at ``address`` or start a local one; returns True if this process started Ray."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                              "runtime_env": {"env_vars": _WORKER_ENV}}
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise KDError(f"cannot join the Ray cluster at --address {address} ({first}); "
+                          "start it with `ray start --head` or fix the address") from None
+        return True
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    ray.init(**kwargs)
+    return True
+
+
+@dataclass
+class Components:
+    collectors: list[Any]
+    learner: Any
+    evaluator: Any
+    learner_num_gpus: float
+
+
+def learner_gpus(config: RunConfig) -> float:
+    if config.learner.device == "cpu":
+        return 0.0
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def collector_settings(config: RunConfig, actor_id: int) -> CollectorSettings:
+    a = config.actors
+    return CollectorSettings(actor_id=actor_id, env_id=config.env.id, num_envs=a.envs_per_actor,
+                             epsilon=a.epsilon, chunk_states=config.store.chunk_states,
+                             chunks_per_write=a.chunks_per_write, torch_threads=a.torch_threads,
+                             seed=config.head.seed * 100_003 + 1_000 * (actor_id + 1))
+
+
+def make_collector(config: RunConfig, actor_id: int, store: StoreAddress, teacher: PolicyBundle) -> Any:
+    # No Ray-level restarts: the head replaces a dead collector itself, with fresh arguments.
+    remote_cls = ray.remote(Collector).options(num_cpus=config.actors.num_cpus)
+    return remote_cls.remote(collector_settings(config, actor_id), store, teacher)
+
+
+def start_components(config: RunConfig, store: StoreAddress, teacher: PolicyBundle,
+                     student_spec: PolicySpec) -> Components:
+    collectors = [make_collector(config, i, store, teacher) for i in range(config.actors.num_actors)]
+    gpus = learner_gpus(config)
+    learner = ray.remote(Learner).options(num_cpus=config.learner.num_cpus, num_gpus=gpus).remote(
+        config.learner, store, student_spec, teacher.spec.output_kind)
+    evaluator = ray.remote(Evaluator).options(num_cpus=config.head.evaluator_num_cpus).remote(
+        config.env.id, teacher, config.head.heldout_states)
+    return Components(collectors, learner, evaluator, gpus)
+
+
+def stop_components(components: Components) -> None:
+    for handle in [*components.collectors, components.learner, components.evaluator]:
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:  # already dead: nothing to stop
+            pass
