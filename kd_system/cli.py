@@ -26,7 +26,11 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.set)
         name = config.head.run_name or f"{config.env.id.replace('/', '_').lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
         from .preparation import prepare
-        prepare(config)  # fail on a bad env or teacher before creating anything on disk
+        prepare(config)  # fail on a bad env, teacher or Redis before creating anything on disk
+        if config.store.redis_url is not None:
+            from .store import ReplayStore
+            ReplayStore(config.store.redis_url, "connection-check", config.store.capacity_states,
+                        config.store.chunk_states).close()
         run = RunDirectory.create(config.head.runs_dir, name, config)
     summary = head.run(config, run, address=args.address, resumed=bool(args.resume))
     print(json.dumps(summary, indent=2))

@@ -54,6 +54,7 @@ class ActorConfig:
     chunks_per_write: int = 1
     num_cpus: float = 0.25
     torch_threads: int = 1
+    ray_resource: str | None = None  # custom Ray node resource actors require (pins them to nodes offering it)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class LearnerConfig:
     device: str = "auto"  # auto | cpu | cuda
     num_cpus: float = 0.5
     torch_threads: int = 1
+    ray_resource: str | None = None  # custom Ray node resource the learner requires
     seed: int = 0
 
 

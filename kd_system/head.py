@@ -16,7 +16,7 @@ from .metrics import MetricsLog, human, progress_line, say
 from .preparation import Prepared, prepare
 from .run_dir import RunDirectory, load_snapshot
 from .store import LocalRedisServer, ReplayStore, StoreAddress, mask_url
-from .topology import Components, connect_ray, make_collector, start_components, stop_components
+from .topology import Components, connect_ray, make_collector, placement, start_components, stop_components
 
 ACTOR_CALL_S = 1.0  # each remote call runs this long, so the head reacts within about a second
 FINAL_EVAL_SEED = 1_000_000  # fresh seeds: the final score is not the one the best snapshot was picked on
@@ -244,7 +244,7 @@ class Head:
             "best_checkpoint": self.best["path"], "best_checkpoint_selection_score": self.best.get("score"),
             "stop_reason": self.stop_reason, "loss": self.config.learner.loss, "learner_device": self.learner_device,
             "store_bytes_per_state": store_stats["bytes_stored"] / max(1, store_stats["states_stored"]), "evaluations": len(self.eval_history),
-            "resumed": self.resumed,
+            "resumed": self.resumed, "placement": getattr(self, "placement", None),
         }
         self.run.write_summary(summary)
         self.metrics.log("summary", self.counters.updates, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
@@ -262,6 +262,9 @@ def run(config: RunConfig, run: RunDirectory, address: str | None = None, resume
         head.started_ray = connect_ray(address)
         components = start_components(config, store_address, prepared.teacher, prepared.student_spec)
         head.metrics = MetricsLog(run.metrics_path, run.tensorboard_dir)
+        head.placement = placement(components)
+        say(f"placement: learner on node {head.placement['learner'][:8]}, actors on "
+            f"{sorted({node[:8] for node in head.placement['actors']})}")
         if resumed:
             head._restore(components)
         try:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from .config import RunConfig, resolve_teacher_path
 from .envs import env_spaces, check_env_id
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .metrics import say
 from .networks import build_network, count_parameters
 from .policy_files import PolicyBundle, PolicySpec, load_bundle
@@ -23,7 +23,10 @@ class Prepared:
 def prepare(config: RunConfig) -> Prepared:
     check_env_id(config.env.id)
     teacher_path = resolve_teacher_path(config.teacher.checkpoint)
-    teacher = load_bundle(teacher_path)
+    try:
+        teacher = load_bundle(teacher_path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"teacher.checkpoint: {exc}") from None
     spaces = env_spaces(config.env.id)
     t = teacher.spec
     if tuple(t.obs_shape) != spaces.obs_shape or t.num_actions != spaces.num_actions:

@@ -39,6 +39,19 @@ def connect_ray(address: str | None) -> bool:
     return True
 
 
+def _placed(component: type) -> Any:
+    """The component as a Ray actor class that can also say which node it runs on."""
+    placed = type(component.__name__, (component,), {
+        "node_id": lambda self: ray.get_runtime_context().get_node_id(),
+    })
+    return ray.remote(placed)
+
+
+def _resources(name: str | None) -> dict[str, float]:
+    # a tiny share, so any number of actors fit on a node that offers the resource
+    return {name: 0.001} if name else {}
+
+
 @dataclass
 class Components:
     collectors: list[Any]
@@ -63,7 +76,8 @@ def collector_settings(config: RunConfig, actor_id: int) -> CollectorSettings:
 
 def make_collector(config: RunConfig, actor_id: int, store: StoreAddress, teacher: PolicyBundle) -> Any:
     # No Ray-level restarts: the head replaces a dead collector itself, with fresh arguments.
-    remote_cls = ray.remote(Collector).options(num_cpus=config.actors.num_cpus)
+    remote_cls = _placed(Collector).options(num_cpus=config.actors.num_cpus,
+                                            resources=_resources(config.actors.ray_resource))
     return remote_cls.remote(collector_settings(config, actor_id), store, teacher)
 
 
@@ -71,11 +85,20 @@ def start_components(config: RunConfig, store: StoreAddress, teacher: PolicyBund
                      student_spec: PolicySpec) -> Components:
     collectors = [make_collector(config, i, store, teacher) for i in range(config.actors.num_actors)]
     gpus = learner_gpus(config)
-    learner = ray.remote(Learner).options(num_cpus=config.learner.num_cpus, num_gpus=gpus).remote(
+    learner = _placed(Learner).options(num_cpus=config.learner.num_cpus, num_gpus=gpus,
+                                       resources=_resources(config.learner.ray_resource)).remote(
         config.learner, store, student_spec, teacher.spec.output_kind)
-    evaluator = ray.remote(Evaluator).options(num_cpus=config.head.evaluator_num_cpus).remote(
+    evaluator = _placed(Evaluator).options(num_cpus=config.head.evaluator_num_cpus).remote(
         config.env.id, teacher, config.head.heldout_states)
     return Components(collectors, learner, evaluator, gpus)
+
+
+def placement(components: Components) -> dict[str, Any]:
+    """Node id of every component, for the summary and for tests of multi-node placement."""
+    return {"learner": ray.get(components.learner.node_id.remote()),
+            "evaluator": ray.get(components.evaluator.node_id.remote()),
+            "actors": ray.get([c.node_id.remote() for c in components.collectors]),
+            "head": ray.get_runtime_context().get_node_id()}
 
 
 def stop_components(components: Components) -> None:
