@@ -60,6 +60,7 @@ class Head:
         self.started_ray = False
         self.learner_device = "cpu"
         self.pending: dict[Any, tuple] = {}
+        self.last_progress = (0.0, 0, 0)
 
     # ---- start-up -------------------------------------------------------------------------
     def _start_store(self) -> StoreAddress:
@@ -131,6 +132,19 @@ class Head:
         if target is not None and score >= target:
             self.stop_reason = f"target score {target} reached (score {score:.3f} at update {updates})"
 
+    def _report_progress(self) -> None:
+        now = self._elapsed()
+        then, states_then, updates_then = self.last_progress
+        dt = max(now - then, 1e-6)
+        rates = {"states": (self.counters.states_labelled - states_then) / dt,
+                 "updates": (self.counters.updates - updates_then) / dt}
+        print(progress_line(now, vars(self.counters), rates, self.latest_loss, self.latest_score,
+                            self.best["score"] if self.best else None), flush=True)
+        self.metrics.log("progress", self.counters.updates, {"elapsed_s": now, "env_steps": self.counters.env_steps,
+                         "states_labelled": self.counters.states_labelled, "states_per_s": rates["states"],
+                         "updates_per_s": rates["updates"]})
+        self.last_progress = (now, self.counters.states_labelled, self.counters.updates)
+
     # ---- the supervision loop ---------------------------------------------------------------
     def supervise(self, components: Components, store: StoreAddress) -> None:
         cfg = self.config.head
@@ -142,7 +156,7 @@ class Head:
         snapshot_in_flight = eval_in_flight = False
         queued_eval: tuple[Path, int] | None = None
         last_snapshot_t, last_snapshot_updates = self._elapsed(), self.counters.updates
-        last_progress = (self._elapsed(), 0, self.counters.updates)
+        self.last_progress = (self._elapsed(), self.counters.states_labelled, self.counters.updates)
         while self.stop_reason is None:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
             for ref in ready:
@@ -194,16 +208,8 @@ class Head:
                     now - last_snapshot_t >= cfg.snapshot_every_s or due_by_updates):
                 pending[components.learner.get_state.remote()] = ("snapshot",)
                 snapshot_in_flight, last_snapshot_t, last_snapshot_updates = True, now, self.counters.updates
-            if now - last_progress[0] >= cfg.progress_every_s:
-                dt = now - last_progress[0]
-                rates = {"states": (self.counters.states_labelled - last_progress[1]) / dt,
-                         "updates": (self.counters.updates - last_progress[2]) / dt}
-                print(progress_line(now, vars(self.counters), rates, self.latest_loss, self.latest_score,
-                                    self.best["score"] if self.best else None), flush=True)
-                self.metrics.log("progress", self.counters.updates, {"elapsed_s": now, "env_steps": self.counters.env_steps,
-                                 "states_labelled": self.counters.states_labelled, "states_per_s": rates["states"],
-                                 "updates_per_s": rates["updates"]})
-                last_progress = (now, self.counters.states_labelled, self.counters.updates)
+            if now - self.last_progress[0] >= cfg.progress_every_s:
+                self._report_progress()
             if cfg.max_updates is not None and self.counters.updates >= cfg.max_updates:
                 self.stop_reason = f"max_updates {cfg.max_updates} reached"
             if cfg.max_wall_s is not None and now >= cfg.max_wall_s:
@@ -213,9 +219,19 @@ class Head:
     def finish(self, components: Components) -> dict:
         cfg = self.config.head
         in_flight = [ref for ref, kind in self.pending.items() if kind[0] in ("collect", "train")]
-        ray.wait(in_flight, num_returns=len(in_flight), timeout=3 * ACTOR_CALL_S)  # let calls end cleanly
+        ended, _ = ray.wait(in_flight, num_returns=len(in_flight), timeout=3 * ACTOR_CALL_S)  # let calls end cleanly
+        for ref in ended:  # count the work of the last calls too
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError:
+                continue
+            if self.pending[ref][0] == "collect":
+                self.counters.add_collect(result)
+            else:
+                self.counters.updates = max(self.counters.updates, result["updates"])
         for collector in components.collectors:
             ray.kill(collector, no_restart=True)
+        self._report_progress()
         self._snapshot(ray.get(components.learner.get_state.remote()))
         ray.kill(components.learner, no_restart=True)
         store_stats = self.store.stats()
