@@ -6,6 +6,7 @@ Validation happens up front, before Ray or Redis start, and every error names it
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -281,3 +282,5 @@ def validate(config: RunConfig) -> None:
     _require(h.keep_snapshots >= 1, "head.keep_snapshots must be >= 1")
     _require(h.max_updates is not None or h.max_wall_s is not None or h.target_score is not None,
              "set at least one stop condition: head.target_score, head.max_updates or head.max_wall_s")
+    _require(h.run_name is None or re.fullmatch(r"[A-Za-z0-9._-]{1,128}", h.run_name) is not None,
+             "head.run_name must be 1-128 letters, digits, '.', '_' or '-' (it names the run directory and the store namespace)")

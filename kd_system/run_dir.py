@@ -33,13 +33,13 @@ def _write_json(path: Path, data: Any) -> None:
 
 class RunDirectory:
     def __init__(self, root: Path):
-        self.root = root
-        self.snapshots_dir = root / "checkpoints"
-        self.metrics_path = root / "metrics.jsonl"
-        self.tensorboard_dir = root / "tensorboard"
-        self.summary_path = root / "summary.json"
-        self.config_path = root / CONFIG_FILE
-        self.state_path = root / STATE_FILE
+        self.root = root.resolve()
+        self.snapshots_dir = self.root / "checkpoints"
+        self.metrics_path = self.root / "metrics.jsonl"
+        self.tensorboard_dir = self.root / "tensorboard"
+        self.summary_path = self.root / "summary.json"
+        self.config_path = self.root / CONFIG_FILE
+        self.state_path = self.root / STATE_FILE
 
     @classmethod
     def create(cls, runs_dir: str, name: str, config: RunConfig) -> "RunDirectory":
