@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .loss_spec import validate_loss_spec
 
 SHIPPED_PREFIX = "shipped:"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -60,8 +61,9 @@ class ActorConfig:
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    loss: str = "kl"  # kl | mse | nll
+    loss: str = "kl"  # kl | mse | nll | maxgap, or a weighted sum such as kl+0.1*mse (kd_system/losses.py)
     temperature: float | None = None  # None: 0.01 for q teachers (Rusu et al. 2015), 1.0 for logits
+    student_temperature: float | None = None  # None: student not softened; a number: Hinton's T² scaled KL
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -268,7 +270,9 @@ def validate(config: RunConfig) -> None:
     _require(a.num_actors >= 1 and a.envs_per_actor >= 1, "actors.num_actors and actors.envs_per_actor must be >= 1")
     _require(0.0 <= a.epsilon <= 1.0, "actors.epsilon must be in [0, 1]")
     _require(a.num_cpus > 0 and lrn.num_cpus > 0 and h.evaluator_num_cpus > 0, "num_cpus settings must be > 0")
-    _require(lrn.loss in ("kl", "mse", "nll"), f"learner.loss {lrn.loss!r} is unknown; use kl, mse or nll")
+    validate_loss_spec(lrn.loss)
+    _require(lrn.student_temperature is None or lrn.student_temperature > 0,
+             "learner.student_temperature must be > 0 (or null to leave the student unsoftened)")
     _require(lrn.temperature is None or lrn.temperature > 0, "learner.temperature must be > 0 (or null for the default)")
     _require(lrn.batch_size >= 1 and lrn.lr > 0, "learner.batch_size must be >= 1 and learner.lr > 0")
     _require(lrn.device in ("auto", "cpu", "cuda"), "learner.device must be auto, cpu or cuda")

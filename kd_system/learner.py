@@ -8,7 +8,7 @@ import time
 import torch
 
 from .config import LearnerConfig
-from .losses import LOSSES, resolve_temperature
+from .losses import build_loss
 from .policy_files import PolicyBundle, PolicySpec, module_from_bytes, module_to_bytes
 from .prefetch import Prefetcher
 from .store import ReplayStore, StoreAddress
@@ -31,8 +31,7 @@ class Learner:
         self.student_spec = student_spec
         self.student = build_network(student_spec.network, student_spec.obs_shape, student_spec.num_actions).to(self.device)
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.loss_fn = LOSSES[config.loss]
-        self.temperature = resolve_temperature(config.temperature, teacher_output_kind)
+        self.loss_fn = build_loss(config.loss, teacher_output_kind, config.temperature, config.student_temperature)
         self.store = ReplayStore.from_address(store_address)
         self.prefetcher: Prefetcher | None = None
         self.updates = 0
@@ -47,7 +46,7 @@ class Learner:
 
     def _update(self, batch: dict[str, torch.Tensor]) -> float:
         student_out = self.student(batch["obs"])
-        loss = self.loss_fn(student_out, batch["teacher_out"], self.temperature)
+        loss = self.loss_fn(student_out, batch["teacher_out"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.config.grad_clip_norm)

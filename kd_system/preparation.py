@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from .config import RunConfig, resolve_teacher_path
 from .envs import env_spaces, check_env_id
 from .errors import CheckpointError, ConfigError
+from .loss_spec import student_output_kind
 from .metrics import say
 from .networks import build_network, count_parameters
 from .policy_files import PolicyBundle, PolicySpec, load_bundle
@@ -44,7 +45,7 @@ def prepare(config: RunConfig) -> Prepared:
             f"student.hidden {list(config.student.hidden)} gives {student_params} parameters, {fraction:.1%} of the "
             f"teacher's {teacher_params}, above student.max_param_fraction {config.student.max_param_fraction}; "
             "use smaller layers or raise the fraction")
-    output_kind = t.output_kind if config.learner.loss == "mse" else "logits"
+    output_kind = student_output_kind(config.learner.loss, t.output_kind)
     student_spec = PolicySpec(
         role="student", env_id=config.env.id, obs_shape=spaces.obs_shape, obs_dtype=spaces.obs_dtype,
         num_actions=spaces.num_actions, output_kind=output_kind, network=network, num_params=student_params,

@@ -4,7 +4,11 @@ import math
 import pytest
 import torch
 
-from kd_system.losses import DEFAULT_TEMPERATURE, kl_loss, mse_loss, nll_loss, resolve_temperature
+from kd_system.config import load_config
+from kd_system.errors import ConfigError
+from kd_system.loss_spec import student_output_kind
+from kd_system.losses import (DEFAULT_TEMPERATURE, LOSS_NAMES, build_loss, kl_divergence, kl_loss, max_gap_loss,
+                              mse_loss, nll_loss, parse_loss_spec, resolve_temperature, validate_loss_spec)
 
 # softmax([1, 2]) = [e/(e+e^2), e^2/(e+e^2)] = [0.268941, 0.731059]
 # KL(p || [0.5, 0.5]) = 0.268941*ln(0.537883) + 0.731059*ln(1.462117) = 0.110944
@@ -35,17 +39,54 @@ def test_kl_is_stable_for_huge_tempered_q_values():
     assert loss.item() == pytest.approx(math.log(3), rel=1e-5)  # one-hot target vs uniform: ln 3
 
 
+def test_kl_with_student_temperature_is_hinton_scaled_by_the_student_temperature_squared():
+    # teacher [2, 4] / T=2 = [1, 2]; student [0, 0] / 2 = uniform: KL = 0.110944 (as above),
+    # times T_s^2 = 4 -> 0.443776. The unscaled divergence stays 0.110944.
+    teacher, student = torch.tensor([[2.0, 4.0]]), torch.zeros(1, 2)
+    assert kl_divergence(student, teacher, 2.0, 2.0).item() == pytest.approx(KL_12_VS_UNIFORM, rel=1e-6)
+    assert kl_loss(student, teacher, 2.0, student_temperature=2.0).item() == pytest.approx(0.4437762866869094, rel=1e-6)
+    # student [0, 2] / 2 = [0, 1]: softmax equal to the teacher's softmax([1, 2]) -> 0
+    assert kl_loss(torch.tensor([[0.0, 2.0]]), teacher, 2.0, 2.0).item() == pytest.approx(0.0, abs=1e-7)
+    # T_s = 1 is the same as leaving the student unsoftened: 1^2 = 1
+    assert kl_loss(student, teacher, 2.0, 1.0).item() == pytest.approx(kl_loss(student, teacher, 2.0).item())
+
+
+def test_hinton_scaling_gradient_by_hand():
+    # d/ds [T^2 * KL(p || softmax(s/T))] = T^2 * (softmax(s/T) - p) / T = T * (q - p).
+    # p = softmax([1, 2]) = [0.268941, 0.731059], q = [0.5, 0.5], T = 2:
+    # gradient = 2 * [0.231059, -0.231059] = [0.462117, -0.462117] (one state, batchmean).
+    student = torch.zeros(1, 2, requires_grad=True)
+    kl_loss(student, torch.tensor([[2.0, 4.0]]), 2.0, 2.0).backward()
+    torch.testing.assert_close(student.grad, torch.tensor([[0.4621171572600098, -0.4621171572600098]]))
+
+
+def test_kl_q_teacher_with_student_softened_at_the_same_temperature():
+    # Student outputs equal to the teacher's Q-values, both divided by 0.01: identical softmax -> 0,
+    # which is why kl+mse for a q teacher wants student_temperature = tau.
+    q = torch.tensor([[1.00, 1.01, 0.97]])
+    assert kl_loss(q, q, 0.01, student_temperature=0.01).item() == pytest.approx(0.0, abs=1e-7)
+
+
 def test_mse_sums_over_actions_and_averages_over_states():
     # row 1: (1-0)^2 + (2-4)^2 = 5; row 2: 0  -> mean 2.5
     student = torch.tensor([[1.0, 2.0], [1.0, 1.0]])
     teacher = torch.tensor([[0.0, 4.0], [1.0, 1.0]])
-    assert mse_loss(student, teacher, 1.0).item() == pytest.approx(2.5)
+    assert mse_loss(student, teacher).item() == pytest.approx(2.5)
 
 
 def test_nll_on_teacher_argmax():
     # teacher argmax = action 1; softmax([0, ln 3]) = [0.25, 0.75]; -ln 0.75 = 0.287682
-    loss = nll_loss(torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([[1.0, 3.0]]), 1.0)
+    loss = nll_loss(torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([[1.0, 3.0]]))
     assert loss.item() == pytest.approx(0.2876820724517809, rel=1e-6)
+
+
+def test_max_gap_takes_the_worst_action_per_state_then_averages():
+    # row 1: (1-1)^2, (4-2)^2, (2-3)^2 = 0, 4, 1 -> 4;  row 2: (1-0)^2, (-3-0)^2, 0 = 1, 9, 0 -> 9
+    # mean (4 + 9) / 2 = 6.5  (mse on the same rows: (5 + 10) / 2 = 7.5)
+    student = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    teacher = torch.tensor([[1.0, 4.0, 2.0], [1.0, -3.0, 0.0]])
+    assert max_gap_loss(student, teacher).item() == pytest.approx(6.5)
+    assert mse_loss(student, teacher).item() == pytest.approx(7.5)
 
 
 def test_default_temperatures_follow_rusu_et_al():
@@ -54,10 +95,84 @@ def test_default_temperatures_follow_rusu_et_al():
     assert resolve_temperature(0.5, "q") == 0.5
 
 
-def test_losses_have_gradients():
-    student = torch.zeros(4, 3, requires_grad=True)
-    teacher = torch.randn(4, 3)
-    for fn in (kl_loss, mse_loss, nll_loss):
-        student.grad = None
-        fn(student, teacher, 1.0).backward()
-        assert student.grad is not None and torch.isfinite(student.grad).all()
+def test_build_loss_weighted_sum_by_hand():
+    # student [0, 0], teacher [1, 2]: kl = 0.110944, mse = 1 + 4 = 5 -> 0.110944 + 0.1 * 5 = 0.610944
+    loss = build_loss("kl+0.1*mse", "logits")
+    assert loss(torch.zeros(1, 2), torch.tensor([[1.0, 2.0]])).item() == pytest.approx(0.6109440716717274, rel=1e-6)
+    # student [0, ln 3], teacher [1, 3]: nll = 0.287682, maxgap = max(1^2, (3 - ln 3)^2) = 3.615275
+    # 2 * 0.287682 + 3.615275 = 4.190639
+    loss = build_loss("2*nll+maxgap", "q")
+    value = loss(torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([[1.0, 3.0]])).item()
+    assert value == pytest.approx(4.190639373707485, rel=1e-6)
+
+
+def test_build_loss_picks_the_temperature_by_teacher_kind():
+    # q teacher: default tau 0.01 -> same as the Rusu test above; logits: tau 1 gives softmax([1.00, 1.01])
+    q_values = torch.tensor([[1.00, 1.01]])
+    assert build_loss("kl", "q")(torch.zeros(1, 2), q_values).item() == pytest.approx(KL_12_VS_UNIFORM, rel=1e-4)
+    assert build_loss("kl", "logits")(torch.zeros(1, 2), q_values).item() < 1e-4
+    # explicit temperatures pass through: the Hinton case above, 0.443776
+    hinton = build_loss("kl", "logits", temperature=2.0, student_temperature=2.0)
+    assert hinton(torch.zeros(1, 2), torch.tensor([[2.0, 4.0]])).item() == pytest.approx(0.4437762866869094, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["q", "logits"])
+@pytest.mark.parametrize("spec", [*LOSS_NAMES, "kl+0.1*mse", "0.5*nll+2*maxgap+kl"])
+def test_every_loss_works_for_both_teacher_kinds_with_gradients(kind, spec):
+    torch.manual_seed(0)
+    student = torch.randn(4, 3, requires_grad=True)
+    teacher = torch.randn(4, 3) * 5
+    loss = build_loss(spec, kind, student_temperature=0.5 if "kl" in spec else None)(student, teacher)
+    loss.backward()
+    assert loss.ndim == 0 and math.isfinite(loss.item())
+    assert student.grad is not None and torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("spec, terms", [
+    ("kl", (("kl", 1.0),)),
+    ("kl+0.1*mse", (("kl", 1.0), ("mse", 0.1))),
+    (" 0.5 * nll + 2*maxgap ", (("nll", 0.5), ("maxgap", 2.0))),
+    ("1e-1*mse", (("mse", 0.1),)),
+    ("1e+1*kl+mse", (("kl", 10.0), ("mse", 1.0))),  # the '+' of an exponent is not a separator
+    (".5*kl", (("kl", 0.5),)),
+])
+def test_parse_loss_spec(spec, terms):
+    assert parse_loss_spec(spec) == terms
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("hinge", "learner.loss 'hinge' is unknown"),
+    ("KL", "is unknown"),  # names are case-sensitive
+    ("kl+hinge", "unknown loss 'hinge'"),
+    ("kl+", "term '' that is not NAME or WEIGHT*NAME"),
+    ("mse*0.1", "'mse*0.1' that is not NAME or WEIGHT*NAME"),
+    ("-0.1*mse", "not NAME or WEIGHT*NAME"),
+    ("kl 0.1 mse", "not NAME or WEIGHT*NAME"),
+    ("1..2*kl", "weight '1..2' that is not a number"),
+    ("0*mse", "weight 0"),
+    ("kl+0.5*kl", "names kl twice"),
+    ("", "is empty"),
+])
+def test_bad_loss_specs_say_what_to_write(spec, fragment):
+    with pytest.raises(ConfigError) as info:
+        validate_loss_spec(spec)
+    message = str(info.value)
+    assert fragment in message and message.startswith("learner.loss ") and "kl+0.1*mse" in message
+
+
+def test_config_validation_uses_the_loss_spec():
+    config = load_config(None, ["learner.loss=kl+0.1*mse", "learner.student_temperature=0.01"])
+    assert config.learner.loss == "kl+0.1*mse" and config.learner.student_temperature == 0.01
+    assert load_config(None, []).learner.student_temperature is None
+    with pytest.raises(ConfigError, match="names kl twice"):
+        load_config(None, ["learner.loss=kl+kl"])
+    with pytest.raises(ConfigError, match="learner.student_temperature must be > 0"):
+        load_config(None, ["learner.student_temperature=0"])
+
+
+def test_student_output_kind_follows_what_the_loss_regresses():
+    assert student_output_kind("mse", "q") == "q"
+    assert student_output_kind("mse+0.5*maxgap", "q") == "q"
+    assert student_output_kind("kl+0.1*mse", "q") == "logits"
+    assert student_output_kind("nll", "q") == "logits"
+    assert student_output_kind("mse", "logits") == "logits"
