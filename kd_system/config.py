@@ -17,6 +17,7 @@ import yaml
 
 from .errors import ConfigError
 from .loss_spec import validate_loss_spec
+from .rate_limit import SampleToInsertLimiter, check_deadlock_free
 
 SHIPPED_PREFIX = "shipped:"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -52,7 +53,12 @@ class StoreConfig:
 class ActorConfig:
     num_actors: int = 2
     envs_per_actor: int = 8
-    epsilon: float = 0.05  # teacher-driven collection explores with this probability
+    epsilon: float = 0.05  # the acting policy explores with this probability
+    acting: str = "teacher"  # teacher | student | mixed: who picks actions (kd_system/acting.py)
+    weights_refresh_steps: int = 1_000  # student/mixed: env steps per actor between weight pulls
+    teacher_share_start: float = 1.0  # mixed: probability the teacher acts, at update 0 ...
+    teacher_share_end: float = 0.0  # ... falling linearly to this ...
+    teacher_share_decay_updates: int = 2_000  # ... over this many learner updates
     chunks_per_write: int = 1
     num_cpus: float = 0.25
     torch_threads: int = 1
@@ -68,8 +74,6 @@ class LearnerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip_norm: float = 10.0
-    min_states_to_start: int = 5_000
-    max_samples_per_insert: float = 32.0  # learner pauses when it has replayed this many times the data written
     publish_every_updates: int = 200
     prefetch_batches: int = 8
     prefetch_threads: int = 1
@@ -79,6 +83,14 @@ class LearnerConfig:
     torch_threads: int = 1
     ray_resource: str | None = None  # custom Ray node resource the learner requires
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class LimiterConfig:
+    """Samples-per-insert rate limiting (see kd_system/rate_limit.py)."""
+    min_size_to_sample: int = 5_000
+    samples_per_insert: float = 32.0  # replay ratio: states sampled by the learner per state written
+    error_buffer: float | None = None  # null: only the learner waits; a number: actors wait too
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,7 @@ class RunConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     actors: ActorConfig = field(default_factory=ActorConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    limiter: LimiterConfig = field(default_factory=LimiterConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
 
 
@@ -256,6 +269,11 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def limiter_of(config: RunConfig) -> SampleToInsertLimiter:
+    lim = config.limiter
+    return SampleToInsertLimiter(lim.min_size_to_sample, lim.samples_per_insert, lim.error_buffer)
+
+
 def validate(config: RunConfig) -> None:
     """Range and consistency checks that need no I/O (env ids and teachers are checked at start-up)."""
     s, a, lrn, h = config.store, config.actors, config.learner, config.head
@@ -269,6 +287,11 @@ def validate(config: RunConfig) -> None:
                  "store.redis_url must start with redis://, rediss:// or unix://")
     _require(a.num_actors >= 1 and a.envs_per_actor >= 1, "actors.num_actors and actors.envs_per_actor must be >= 1")
     _require(0.0 <= a.epsilon <= 1.0, "actors.epsilon must be in [0, 1]")
+    _require(a.acting in ("teacher", "student", "mixed"), f"actors.acting {a.acting!r} is unknown; use teacher, student or mixed")
+    _require(a.weights_refresh_steps >= 1, "actors.weights_refresh_steps must be >= 1")
+    _require(0.0 <= a.teacher_share_start <= 1.0 and 0.0 <= a.teacher_share_end <= 1.0,
+             "actors.teacher_share_start and actors.teacher_share_end must be in [0, 1]")
+    _require(a.teacher_share_decay_updates >= 1, "actors.teacher_share_decay_updates must be >= 1")
     _require(a.num_cpus > 0 and lrn.num_cpus > 0 and h.evaluator_num_cpus > 0, "num_cpus settings must be > 0")
     validate_loss_spec(lrn.loss)
     _require(lrn.student_temperature is None or lrn.student_temperature > 0,
@@ -276,9 +299,7 @@ def validate(config: RunConfig) -> None:
     _require(lrn.temperature is None or lrn.temperature > 0, "learner.temperature must be > 0 (or null for the default)")
     _require(lrn.batch_size >= 1 and lrn.lr > 0, "learner.batch_size must be >= 1 and learner.lr > 0")
     _require(lrn.device in ("auto", "cpu", "cuda"), "learner.device must be auto, cpu or cuda")
-    _require(lrn.min_states_to_start <= s.capacity_states,
-             "learner.min_states_to_start exceeds store.capacity_states: the learner would wait forever; lower it or raise the capacity")
-    _require(lrn.max_samples_per_insert > 0, "learner.max_samples_per_insert must be > 0")
+    check_deadlock_free(limiter_of(config), lrn.batch_size, s.chunk_states * a.chunks_per_write, s.capacity_states)
     _require(lrn.prefetch_batches >= 1 and lrn.prefetch_threads >= 1 and lrn.chunks_per_sample >= 1,
              "learner.prefetch_batches, prefetch_threads and chunks_per_sample must be >= 1")
     _require(h.eval_episodes >= 1 and h.final_eval_episodes >= 1, "head.eval_episodes and head.final_eval_episodes must be >= 1")

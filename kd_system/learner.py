@@ -13,6 +13,9 @@ from .policy_files import PolicyBundle, PolicySpec, module_from_bytes, module_to
 from .prefetch import Prefetcher
 from .store import ReplayStore, StoreAddress
 from .networks import build_network
+from .rate_limit import SampleToInsertLimiter
+
+LIMITER_SYNC_UPDATES = 4  # one Redis round trip per this many updates keeps both sides current
 
 
 def pick_device(requested: str) -> torch.device:
@@ -23,7 +26,7 @@ def pick_device(requested: str) -> torch.device:
 
 class Learner:
     def __init__(self, config: LearnerConfig, store_address: StoreAddress, student_spec: PolicySpec,
-                 teacher_output_kind: str):
+                 teacher_output_kind: str, limiter: SampleToInsertLimiter | None = None):
         torch.manual_seed(config.seed)
         torch.set_num_threads(config.torch_threads)
         self.config = config
@@ -34,8 +37,12 @@ class Learner:
         self.loss_fn = build_loss(config.loss, teacher_output_kind, config.temperature, config.student_temperature)
         self.store = ReplayStore.from_address(store_address)
         self.prefetcher: Prefetcher | None = None
+        self.limiter = limiter or SampleToInsertLimiter(min_size_to_sample=config.batch_size, samples_per_insert=32.0)
         self.updates = 0
         self.samples = 0
+        # The limiter compares with what this store received since we connected (a resumed run
+        # starts with an empty store but a restored sample count).
+        self.limiter_samples = 0
         self.published_version = -1
 
     def _ensure_prefetcher(self) -> None:
@@ -60,15 +67,14 @@ class Learner:
         cfg = self.config
         start = time.perf_counter()
         deadline = start + duration_s
-        states_written = self.store.stats()["states_written"]
+        inserted = self.store.sync_sampled(self.limiter_samples)
         losses: list[float] = []
         wait_input_s = wait_limiter_s = 0.0
         while time.perf_counter() < deadline:
-            sample_budget = cfg.max_samples_per_insert * states_written
-            if states_written < cfg.min_states_to_start or self.samples + cfg.batch_size > sample_budget:
+            if not self.limiter.can_sample(inserted, self.limiter_samples, cfg.batch_size):
                 pause_start = time.perf_counter()
-                time.sleep(0.02)
-                states_written = self.store.stats()["states_written"]
+                time.sleep(0.01)
+                inserted = self.store.sync_sampled(self.limiter_samples)
                 wait_limiter_s += time.perf_counter() - pause_start
                 continue
             self._ensure_prefetcher()
@@ -76,14 +82,19 @@ class Learner:
             batch = self.prefetcher.get()
             wait_input_s += time.perf_counter() - fetch_start
             losses.append(self._update(batch))
+            self.limiter_samples += cfg.batch_size
+            if self.updates % LIMITER_SYNC_UPDATES == 0:
+                inserted = self.store.sync_sampled(self.limiter_samples)
             if self.updates % cfg.publish_every_updates == 0:
                 self.publish()
+        self.store.sync_sampled(self.limiter_samples)
         elapsed = time.perf_counter() - start
         return {
             "updates": self.updates,
             "samples": self.samples,
             "loss": sum(losses) / len(losses) if losses else None,
             "updates_in_call": len(losses),
+            "replay_ratio": self.limiter_samples / max(1, inserted),
             "call_s": elapsed,
             "wait_input_frac": wait_input_s / elapsed,
             "wait_limiter_frac": wait_limiter_s / elapsed,

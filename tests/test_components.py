@@ -9,6 +9,7 @@ from kd_system.evaluator import Evaluator, normalized_score
 from kd_system.learner import Learner
 from kd_system.networks import build_network, count_parameters
 from kd_system.policy_files import FrozenPolicy, PolicyBundle, PolicySpec
+from kd_system.rate_limit import SampleToInsertLimiter
 from kd_system.store import ReplayStore, StoreAddress
 
 TEACHER_NET = {"kind": "mlp", "hidden": [32, 32], "activation": "relu"}
@@ -66,8 +67,8 @@ def test_epsilon_one_acts_randomly(address, teacher):
 
 def make_learner(address, teacher, **config) -> Learner:
     student_spec = PolicySpec("student", "CartPole-v1", (4,), "float32", 2, "logits", STUDENT_NET)
-    cfg = LearnerConfig(min_states_to_start=512, batch_size=64, publish_every_updates=20, **config)
-    return Learner(cfg, address, student_spec, teacher.spec.output_kind)
+    cfg = LearnerConfig(batch_size=64, publish_every_updates=20, **config)
+    return Learner(cfg, address, student_spec, teacher.spec.output_kind, SampleToInsertLimiter(512, 32.0))
 
 
 def test_learner_distils_from_the_store_and_publishes_weights(address, teacher):

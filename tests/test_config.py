@@ -38,7 +38,8 @@ def test_config_is_frozen():
     (["learner.loss=hinge"], "learner.loss 'hinge' is unknown"),
     (["actors.epsilon=1.5"], "actors.epsilon must be in [0, 1]"),
     (["store.redis_url=http://x"], "store.redis_url must start with"),
-    (["learner.min_states_to_start=10000000"], "would wait forever"),
+    (["limiter.min_size_to_sample=10000000"], "can never hold enough"),
+    (["limiter.error_buffer=10"], "would deadlock"),
     (["head.target_score=null", "head.max_wall_s=null"], "stop condition"),
     (["learner.lr"], "expected section.key=value"),
 ])

@@ -9,7 +9,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 SHORT = ["--set", "head.target_score=null", "--set", "head.snapshot_every_s=3", "--set", "head.eval_episodes=5",
-         "--set", "head.final_eval_episodes=10", "--set", "learner.min_states_to_start=2000"]
+         "--set", "head.final_eval_episodes=10", "--set", "limiter.min_size_to_sample=2000"]
 
 
 def kd(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -224,6 +224,19 @@ class ReplayStore:
                 "states_stored": sum(map(int, slot_states)), "bytes_stored": sum(map(int, slot_bytes)),
                 "num_slots": self.num_slots, "capacity_states": self.address.capacity_states}
 
+    def sync_sampled(self, sampled: int) -> int:
+        """Report the learner's total samples; returns states written so far (one round trip)."""
+        with self._guard("syncing the rate limiter"):
+            _, states = self._redis.pipeline(transaction=False) \
+                .set(self._key("sampled"), int(sampled)).get(self._key("states")).execute()
+        return int(states or 0)
+
+    def limiter_counts(self) -> tuple[int, int]:
+        """(states written, states sampled by the learner): what the rate limiter needs."""
+        with self._guard("reading rate-limiter counters"):
+            states, sampled = self._redis.mget([self._key("states"), self._key("sampled")])
+        return int(states or 0), int(sampled or 0)
+
     def publish_weights(self, version: int, blob: bytes) -> None:
         """Replace the run's weights; version and blob change together (one HSET, last write wins)."""
         with self._guard("publishing weights"):
