@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .acting import ActingPolicy, EpsilonGreedyTeacher
+from .acting import ActingPolicy, TeacherShareSchedule, make_acting_policy
 from .envs import make_vector_env
-from .policy_files import FrozenPolicy, PolicyBundle
+from .policy_files import FrozenPolicy, PolicyBundle, PolicySpec
+from .rate_limit import SampleToInsertLimiter
 from .store import ReplayStore, StoreAddress
 
 
@@ -28,16 +29,23 @@ class CollectorSettings:
     torch_threads: int
     seed: int
     task_id: int = 0
+    acting: str = "teacher"  # teacher | student | mixed (see acting.py)
+    weights_refresh_steps: int = 1_000  # env steps between pulls of the newest student weights
+    teacher_share: TeacherShareSchedule = TeacherShareSchedule()
+    limiter: SampleToInsertLimiter | None = None  # None: never wait before writing
 
 
 class Collector:
     def __init__(self, settings: CollectorSettings, store_address: StoreAddress, teacher: PolicyBundle,
-                 acting: ActingPolicy | None = None):
+                 student_spec: PolicySpec | None = None, acting: ActingPolicy | None = None):
         torch.set_num_threads(settings.torch_threads)
         self.settings = settings
         self.store = ReplayStore.from_address(store_address)
         self.teacher = FrozenPolicy.from_bundle(teacher)
-        self.acting = acting or EpsilonGreedyTeacher(settings.epsilon, teacher.spec.num_actions, settings.seed)
+        self.acting = acting or make_acting_policy(settings.acting, settings.epsilon, teacher.spec.num_actions,
+                                                   settings.seed, self.store, student_spec, settings.teacher_share)
+        self._steps_at_refresh = 0
+        self._wait_limiter_s = 0.0
         self.envs = make_vector_env(settings.env_id, settings.num_envs, seed=settings.seed)
         self.obs, _ = self.envs.reset(seed=settings.seed)
         self.episode_returns = np.zeros(settings.num_envs)
@@ -68,12 +76,33 @@ class Collector:
     def _cut_chunk(self) -> None:
         obs, teacher_out, actions = (np.concatenate(parts) for parts in zip(*self._pending))
         size = self.settings.chunk_states
-        meta = {"actor_id": self.settings.actor_id, "task_id": self.settings.task_id,
-                "behaviour": self.acting.name, "policy_version": self.acting.version()}
+        meta = {"actor_id": self.settings.actor_id, "task_id": self.settings.task_id, **self.acting.describe()}
         self._ready_chunks.append(({"obs": obs[:size], "teacher_out": teacher_out[:size], "action": actions[:size]}, meta))
         rest = (obs[size:], teacher_out[size:], actions[size:])
         self._pending = [rest] if len(rest[2]) else []
         self._pending_states = len(rest[2])
+        # Refreshing only between chunks keeps one acting weight version per chunk.
+        if self.env_steps - self._steps_at_refresh >= self.settings.weights_refresh_steps:
+            self.acting.refresh()
+            self._steps_at_refresh = self.env_steps
+
+    def _insert_allowed(self, deadline: float) -> bool:
+        """Wait (up to the deadline) until the rate limiter lets this write in."""
+        limiter = self.settings.limiter
+        if limiter is None or limiter.error_buffer is None:
+            return True
+        states = sum(len(arrays["action"]) for arrays, _ in self._ready_chunks)
+        start = time.perf_counter()
+        try:
+            while True:
+                inserted, sampled = self.store.limiter_counts()
+                if limiter.can_insert(inserted, sampled, states):
+                    return True
+                if time.perf_counter() >= deadline:
+                    return False
+                time.sleep(0.005)
+        finally:
+            self._wait_limiter_s += time.perf_counter() - start
 
     def _flush(self) -> None:
         start = time.perf_counter()
@@ -86,11 +115,15 @@ class Collector:
         """Collect for about ``duration_s`` seconds; returns cumulative counters and recent returns."""
         deadline = time.perf_counter() + duration_s
         while time.perf_counter() < deadline:
+            if len(self._ready_chunks) >= self.settings.chunks_per_write:
+                if not self._insert_allowed(deadline):
+                    break  # still held back: report to the head and try again next call
+                self._flush()
             self._step()
             if self._pending_states >= self.settings.chunk_states:
                 self._cut_chunk()
-                if len(self._ready_chunks) >= self.settings.chunks_per_write:
-                    self._flush()
+        if len(self._ready_chunks) >= self.settings.chunks_per_write and self._insert_allowed(0.0):
+            self._flush()
         returns, self.finished_returns = self.finished_returns, []
         return {
             "actor_id": self.settings.actor_id,
@@ -100,6 +133,8 @@ class Collector:
             "time_env_s": self._time_env_s,
             "time_teacher_s": self._time_teacher_s,
             "time_store_s": self._time_store_s,
+            "time_wait_limiter_s": self._wait_limiter_s,
+            "policy_version": self.acting.version(),
         }
 
     def close(self) -> None:

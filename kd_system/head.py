@@ -167,17 +167,19 @@ class Head:
                     if kind[0] != "collect":
                         raise
                     say(f"actor {kind[1]} died ({type(exc).__name__}); starting a replacement")
-                    components.collectors[kind[1]] = make_collector(self.config, kind[1], store, self.prepared.teacher)
+                    components.collectors[kind[1]] = make_collector(self.config, kind[1], store, self.prepared.teacher,
+                                                                   self.prepared.student_spec)
                     result = None
                 except ray.exceptions.RayTaskError as exc:
                     raise _unwrap(exc) from None
                 if kind[0] == "collect":
                     if result is not None:
                         self.counters.add_collect(result)
-                        if result["episode_returns"]:
-                            self.metrics.log("actor", self.counters.env_steps,
-                                             {"actor_id": result["actor_id"], "behaviour_return_mean":
-                                              sum(result["episode_returns"]) / len(result["episode_returns"])})
+                        returns = result["episode_returns"]
+                        self.metrics.log("actor", self.counters.env_steps, {
+                            "actor_id": result["actor_id"], "policy_version": result["policy_version"],
+                            "time_wait_limiter_s": result["time_wait_limiter_s"],
+                            **({"behaviour_return_mean": sum(returns) / len(returns)} if returns else {})})
                     pending[components.collectors[kind[1]].collect.remote(ACTOR_CALL_S)] = kind
                 elif kind[0] == "train":
                     self.counters.updates = result["updates"]

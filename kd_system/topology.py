@@ -8,8 +8,9 @@ from typing import Any
 
 import ray
 
+from .acting import TeacherShareSchedule
 from .collector import Collector, CollectorSettings
-from .config import RunConfig
+from .config import RunConfig, limiter_of
 from .errors import KDError
 from .evaluator import Evaluator
 from .learner import Learner
@@ -71,23 +72,28 @@ def collector_settings(config: RunConfig, actor_id: int) -> CollectorSettings:
     return CollectorSettings(actor_id=actor_id, env_id=config.env.id, num_envs=a.envs_per_actor,
                              epsilon=a.epsilon, chunk_states=config.store.chunk_states,
                              chunks_per_write=a.chunks_per_write, torch_threads=a.torch_threads,
-                             seed=config.head.seed * 100_003 + 1_000 * (actor_id + 1))
+                             seed=config.head.seed * 100_003 + 1_000 * (actor_id + 1),
+                             acting=a.acting, weights_refresh_steps=a.weights_refresh_steps,
+                             teacher_share=TeacherShareSchedule(a.teacher_share_start, a.teacher_share_end,
+                                                                a.teacher_share_decay_updates),
+                             limiter=limiter_of(config))
 
 
-def make_collector(config: RunConfig, actor_id: int, store: StoreAddress, teacher: PolicyBundle) -> Any:
+def make_collector(config: RunConfig, actor_id: int, store: StoreAddress, teacher: PolicyBundle,
+                   student_spec: PolicySpec) -> Any:
     # No Ray-level restarts: the head replaces a dead collector itself, with fresh arguments.
     remote_cls = _placed(Collector).options(num_cpus=config.actors.num_cpus,
                                             resources=_resources(config.actors.ray_resource))
-    return remote_cls.remote(collector_settings(config, actor_id), store, teacher)
+    return remote_cls.remote(collector_settings(config, actor_id), store, teacher, student_spec)
 
 
 def start_components(config: RunConfig, store: StoreAddress, teacher: PolicyBundle,
                      student_spec: PolicySpec) -> Components:
-    collectors = [make_collector(config, i, store, teacher) for i in range(config.actors.num_actors)]
+    collectors = [make_collector(config, i, store, teacher, student_spec) for i in range(config.actors.num_actors)]
     gpus = learner_gpus(config)
     learner = _placed(Learner).options(num_cpus=config.learner.num_cpus, num_gpus=gpus,
                                        resources=_resources(config.learner.ray_resource)).remote(
-        config.learner, store, student_spec, teacher.spec.output_kind)
+        config.learner, store, student_spec, teacher.spec.output_kind, limiter_of(config))
     evaluator = _placed(Evaluator).options(num_cpus=config.head.evaluator_num_cpus).remote(
         config.env.id, teacher, config.head.heldout_states)
     return Components(collectors, learner, evaluator, gpus)
