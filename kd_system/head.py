@@ -11,7 +11,6 @@ import ray
 
 from .config import RunConfig
 from .errors import KDError
-from .evaluator import normalized_score
 from .metrics import MetricsLog, human, progress_line, say
 from .preparation import Prepared, prepare
 from .run_dir import RunDirectory, load_snapshot
@@ -115,9 +114,8 @@ class Head:
                               "best": self.best})
 
     def _on_eval(self, snapshot: Path, updates: int, report: dict) -> None:
-        b = self.baselines
-        score = normalized_score(report["student_return_mean"], b["teacher_return_mean"], b["random_return_mean"])
-        report = {**report, "normalized_score": score, "updates": updates, "snapshot": str(snapshot)}
+        score = report["normalized_score"]  # the evaluator pairs it with the teacher's episodes
+        report = {**report, "updates": updates, "snapshot": str(snapshot)}
         self.latest_score = score
         self.eval_history.append(report)
         self.run.write_eval(snapshot, report)
@@ -245,7 +243,7 @@ class Head:
         evaluator = components.evaluator
         baselines = ray.get(evaluator.baselines.remote(cfg.final_eval_episodes, FINAL_EVAL_SEED))
         final = ray.get(evaluator.evaluate.remote(bundle, cfg.final_eval_episodes, FINAL_EVAL_SEED))
-        score = normalized_score(final["student_return_mean"], baselines["teacher_return_mean"], baselines["random_return_mean"])
+        score = final["normalized_score"]
         wall_s = self.counters.wall_s_before + self._elapsed()
         summary = {
             "env_id": self.config.env.id, "teacher_checkpoint": self.prepared.teacher_path,
@@ -254,9 +252,11 @@ class Head:
             "teacher_return_mean": baselines["teacher_return_mean"], "teacher_return_std": baselines["teacher_return_std"],
             "student_return_mean": final["student_return_mean"], "student_return_std": final["student_return_std"],
             "random_return_mean": baselines["random_return_mean"], "normalized_score": score,
+            "normalized_score_ci95": final["normalized_score_ci95"],
             "eval_episodes": cfg.final_eval_episodes, "eval_seed": FINAL_EVAL_SEED,
             "agreement_teacher_states": final.get("agreement_teacher_states"),
             "agreement_student_states": final.get("agreement_student_states"),
+            "kl_teacher_states": final.get("kl_teacher_states"), "kl_student_states": final.get("kl_student_states"),
             "env_steps": self.counters.env_steps, "states_labelled": self.counters.states_labelled,
             "learner_updates": self.counters.updates, "wall_s": wall_s, "session_wall_s": self._elapsed(),
             "best_checkpoint": self.best["path"], "best_checkpoint_selection_score": self.best.get("score"),
@@ -293,7 +293,8 @@ def run(config: RunConfig, run: RunDirectory, address: str | None = None, resume
         summary = head.finish(components)
         say(f"done ({head.stop_reason}): student {summary['student_return_mean']:.1f} vs teacher "
             f"{summary['teacher_return_mean']:.1f} (random {summary['random_return_mean']:.1f}) -> normalized "
-            f"{summary['normalized_score']:.3f}; summary in {run.summary_path}")
+            f"{summary['normalized_score']:.3f} (95% CI [{summary['normalized_score_ci95'][0]:.3f}, "
+            f"{summary['normalized_score_ci95'][1]:.3f}]); summary in {run.summary_path}")
         return summary
     finally:
         if components is not None:
