@@ -15,6 +15,7 @@ from .metrics import MetricsLog, human, progress_line, say
 from .preparation import Prepared, prepare
 from .run_dir import RunDirectory, load_snapshot
 from .store import LocalRedisServer, ReplayStore, StoreAddress, mask_url
+from .task_reports import combine_reports, run_scores, task_summary
 from .topology import Components, connect_ray, make_collector, placement, start_components, stop_components
 
 ACTOR_CALL_S = 1.0  # each remote call runs this long, so the head reacts within about a second
@@ -50,7 +51,9 @@ class Head:
         self.counters = Counters()
         self.start = time.perf_counter()
         self.best: dict[str, Any] | None = None
-        self.baselines: dict[str, Any] | None = None
+        self.baselines: dict[int, dict[str, Any]] = {}  # per task index
+        self.eval_parts: dict[Path, dict[int, dict]] = {}  # per-task reports of a snapshot in evaluation
+        self.task_names = [task.name for task in prepared.tasks]
         self.latest_score: float | None = None
         self.latest_loss: float | None = None
         self.eval_history: list[dict[str, Any]] = []
@@ -62,29 +65,38 @@ class Head:
         self.last_progress = (0.0, 0, 0)
 
     # ---- start-up -------------------------------------------------------------------------
-    def _start_store(self) -> StoreAddress:
+    def _start_stores(self) -> list[StoreAddress]:
+        """One namespace per task (the run's name, suffixed with the task in multi-task runs)."""
         url = self.config.store.redis_url
         if url is None:
             self.redis = LocalRedisServer()
             url = self.redis.url
             say(f"no store.redis_url set: started a local redis-server at {url} (stopped at exit)")
-        address = StoreAddress(url=url, run_id=self.run.root.name, capacity_states=self.config.store.capacity_states,
-                               chunk_states=self.config.store.chunk_states)
-        self.store = ReplayStore.from_address(address)
-        if self.config.store.clear_on_start and not self.resumed:
-            self.store.clear()
-        self.store.set_meta({"env_id": self.config.env.id, "teacher": self.prepared.teacher_path,
-                             "student_network": self.prepared.student_spec.network})
-        say(f"replay store: {mask_url(url)} namespace kd:{address.run_id}: capacity {human(address.capacity_states)} states")
-        return address
+        addresses, self.stores = [], []
+        for task in self.prepared.tasks:
+            run_id = self.run.root.name + (f".{task.name}" if self.prepared.multi_task else "")
+            address = StoreAddress(url=url, run_id=run_id, capacity_states=self.config.store.capacity_states,
+                                   chunk_states=self.config.store.chunk_states)
+            store = ReplayStore.from_address(address)
+            if self.config.store.clear_on_start and not self.resumed:
+                store.clear()
+            store.set_meta({"env_id": task.env_id, "teacher": task.teacher_path,
+                            "student_network": task.student_spec.network})
+            addresses.append(address)
+            self.stores.append(store)
+        namespaces = ", ".join(f"kd:{a.run_id}" for a in addresses)
+        say(f"replay store: {mask_url(url)} namespace {namespaces}: capacity "
+            f"{human(self.config.store.capacity_states)} states each")
+        return addresses
 
     def _restore(self, components: Components) -> None:
         snapshots = self.run.snapshots()
         if not snapshots:
             say("resume: no snapshot yet, starting the student from scratch")
             return
-        bundle, optimizer, counters = load_snapshot(snapshots[-1])
-        ray.get(components.learner.load_state.remote(bundle.weights, optimizer, counters["updates"], counters["samples"]))
+        bundles, optimizer, counters = load_snapshot(snapshots[-1])
+        weights = [bundle.weights for bundle in bundles]
+        ray.get(components.learner.load_state.remote(weights, optimizer, counters["updates"], counters["samples"]))
         state = self.run.read_state()
         self.counters.env_steps = int(state.get("env_steps", counters.get("env_steps", 0)))
         self.counters.states_labelled = int(state.get("states_labelled", counters.get("states_labelled", 0)))
@@ -102,7 +114,7 @@ class Head:
     def _snapshot(self, learner_state: dict) -> Path:
         self.counters.updates = learner_state["updates"]
         counters = {"env_steps": self.counters.env_steps, "states_labelled": self.counters.states_labelled}
-        path = self.run.write_snapshot(learner_state, counters)
+        path = self.run.write_snapshot(learner_state, counters, self.task_names)
         protect = {Path(self.best["path"])} if self.best else set()
         self.run.prune(self.config.head.keep_snapshots, protect)
         self._write_state()
@@ -113,14 +125,24 @@ class Head:
                               "updates": self.counters.updates, "wall_s": self.counters.wall_s_before + self._elapsed(),
                               "best": self.best})
 
-    def _on_eval(self, snapshot: Path, updates: int, report: dict) -> None:
+    def _on_task_eval(self, snapshot: Path, updates: int, env_steps: int, task_index: int, report: dict) -> bool:
+        """Collect one task's report; True once every task of the snapshot is in."""
+        parts = self.eval_parts.setdefault(snapshot, {})
+        parts[task_index] = report
+        if len(parts) < len(self.prepared.tasks):
+            return False
+        del self.eval_parts[snapshot]
+        combined = combine_reports(self.task_names, [parts[i] for i in range(len(parts))])
+        self._on_eval(snapshot, updates, env_steps, combined)
+        return True
+
+    def _on_eval(self, snapshot: Path, updates: int, env_steps: int, report: dict) -> None:
         score = report["normalized_score"]  # the evaluator pairs it with the teacher's episodes
-        report = {**report, "updates": updates, "snapshot": str(snapshot)}
+        report = {**report, "updates": updates, "env_steps": env_steps, "snapshot": str(snapshot)}
         self.latest_score = score
         self.eval_history.append(report)
         self.run.write_eval(snapshot, report)
-        self.metrics.log("eval", updates, {k: v for k, v in report.items() if k != "student_returns"}
-                         | {"env_steps": self.counters.env_steps})
+        self.metrics.log("eval", updates, {k: v for k, v in report.items() if k != "student_returns"})
         key = (score, report.get("agreement_teacher_states", 0.0))
         if snapshot.is_dir() and (self.best is None or key >= (self.best["score"], self.best.get("agreement", 0.0))):
             self.best = {"path": str(snapshot), "score": score, "updates": updates,
@@ -144,15 +166,16 @@ class Head:
         self.last_progress = (now, self.counters.states_labelled, self.counters.updates)
 
     # ---- the supervision loop ---------------------------------------------------------------
-    def supervise(self, components: Components, store: StoreAddress) -> None:
+    def supervise(self, components: Components, stores: list[StoreAddress]) -> None:
         cfg = self.config.head
         self.pending = pending = {}
         for index, collector in enumerate(components.collectors):
             pending[collector.collect.remote(ACTOR_CALL_S)] = ("collect", index)
         pending[components.learner.train.remote(ACTOR_CALL_S)] = ("train",)
-        pending[components.evaluator.baselines.remote(cfg.eval_episodes, cfg.seed)] = ("baselines",)
+        for task_index, evaluator in enumerate(components.evaluators):
+            pending[evaluator.baselines.remote(cfg.eval_episodes, cfg.seed)] = ("baselines", task_index)
         snapshot_in_flight = eval_in_flight = False
-        queued_eval: tuple[Path, int] | None = None
+        queued_eval: tuple[Path, int, int] | None = None
         last_snapshot_t, last_snapshot_updates = self._elapsed(), self.counters.updates
         self.last_progress = (self._elapsed(), self.counters.states_labelled, self.counters.updates)
         while self.stop_reason is None:
@@ -165,8 +188,8 @@ class Head:
                     if kind[0] != "collect":
                         raise
                     say(f"actor {kind[1]} died ({type(exc).__name__}); starting a replacement")
-                    components.collectors[kind[1]] = make_collector(self.config, kind[1], store, self.prepared.teacher,
-                                                                   self.prepared.student_spec)
+                    components.collectors[kind[1]] = make_collector(
+                        self.config, kind[1], components.collector_tasks[kind[1]], self.prepared, stores)
                     result = None
                 except ray.exceptions.RayTaskError as exc:
                     raise _unwrap(exc) from None
@@ -187,20 +210,23 @@ class Head:
                         self.metrics.log("learner", result["updates"], result)
                     pending[components.learner.train.remote(ACTOR_CALL_S)] = kind
                 elif kind[0] == "baselines":
-                    self.baselines = result
-                    self.metrics.log("baselines", 0, result)
-                    say(f"teacher {result['teacher_return_mean']:.1f} ± {result['teacher_return_std']:.1f}, random "
-                        f"{result['random_return_mean']:.1f} over {result['episodes']} episodes")
+                    task = self.prepared.tasks[kind[1]]
+                    self.baselines[kind[1]] = result
+                    self.metrics.log("baselines", 0, {"task": task.name, **result})
+                    say(f"{task.env_id}: teacher {result['teacher_return_mean']:.1f} ± {result['teacher_return_std']:.1f}, "
+                        f"random {result['random_return_mean']:.1f} over {result['episodes']} episodes")
                 elif kind[0] == "snapshot":
                     snapshot_in_flight = False
-                    queued_eval = (self._snapshot(result), result["updates"])
+                    queued_eval = (self._snapshot(result), result["updates"], self.counters.env_steps)
                 elif kind[0] == "eval":
-                    eval_in_flight = False
-                    self._on_eval(kind[1], kind[2], result)
-            if queued_eval and not eval_in_flight and self.baselines is not None:
-                snapshot, updates = queued_eval
-                bundle = load_snapshot(snapshot)[0]
-                pending[components.evaluator.evaluate.remote(bundle, cfg.eval_episodes, cfg.seed)] = ("eval", snapshot, updates)
+                    if self._on_task_eval(*kind[1:], result):
+                        eval_in_flight = False
+            if queued_eval and not eval_in_flight and len(self.baselines) == len(self.prepared.tasks):
+                snapshot, updates, env_steps = queued_eval
+                bundles = load_snapshot(snapshot)[0]
+                for task_index, (evaluator, bundle) in enumerate(zip(components.evaluators, bundles)):
+                    pending[evaluator.evaluate.remote(bundle, cfg.eval_episodes, cfg.seed)] = (
+                        "eval", snapshot, updates, env_steps, task_index)
                 eval_in_flight, queued_eval = True, None
             now = self._elapsed()
             due_by_updates = cfg.snapshot_every_updates and self.counters.updates - last_snapshot_updates >= cfg.snapshot_every_updates
@@ -234,35 +260,28 @@ class Head:
         self._report_progress()
         self._snapshot(ray.get(components.learner.get_state.remote()))
         ray.kill(components.learner, no_restart=True)
-        store_stats = self.store.stats()
+        store_stats = [store.stats() for store in self.stores]
         if self.best is None:
             latest = self.run.snapshots()[-1]
             self.best = {"path": str(latest), "score": None, "updates": self.counters.updates}
         say(f"final evaluation of {self.best['path']} over {cfg.final_eval_episodes} fresh episodes")
-        bundle = load_snapshot(Path(self.best["path"]))[0]
-        evaluator = components.evaluator
-        baselines = ray.get(evaluator.baselines.remote(cfg.final_eval_episodes, FINAL_EVAL_SEED))
-        final = ray.get(evaluator.evaluate.remote(bundle, cfg.final_eval_episodes, FINAL_EVAL_SEED))
-        score = final["normalized_score"]
-        wall_s = self.counters.wall_s_before + self._elapsed()
+        bundles = load_snapshot(Path(self.best["path"]))[0]
+        baselines = ray.get([e.baselines.remote(cfg.final_eval_episodes, FINAL_EVAL_SEED) for e in components.evaluators])
+        finals = ray.get([e.evaluate.remote(b, cfg.final_eval_episodes, FINAL_EVAL_SEED)
+                          for e, b in zip(components.evaluators, bundles)])
+        tasks = [task_summary(task, base, final) for task, base, final in zip(self.prepared.tasks, baselines, finals)]
+        bytes_stored = sum(stats["bytes_stored"] for stats in store_stats)
+        states_stored = sum(stats["states_stored"] for stats in store_stats)
         summary = {
-            "env_id": self.config.env.id, "teacher_checkpoint": self.prepared.teacher_path,
-            "teacher_params": self.prepared.teacher_params, "student_params": self.prepared.student_params,
-            "student_param_fraction": self.prepared.student_params / self.prepared.teacher_params,
-            "teacher_return_mean": baselines["teacher_return_mean"], "teacher_return_std": baselines["teacher_return_std"],
-            "student_return_mean": final["student_return_mean"], "student_return_std": final["student_return_std"],
-            "random_return_mean": baselines["random_return_mean"], "normalized_score": score,
-            "normalized_score_ci95": final["normalized_score_ci95"],
+            **run_scores(tasks, self.prepared.teacher_params, self.prepared.student_params),
             "eval_episodes": cfg.final_eval_episodes, "eval_seed": FINAL_EVAL_SEED,
-            "agreement_teacher_states": final.get("agreement_teacher_states"),
-            "agreement_student_states": final.get("agreement_student_states"),
-            "kl_teacher_states": final.get("kl_teacher_states"), "kl_student_states": final.get("kl_student_states"),
             "env_steps": self.counters.env_steps, "states_labelled": self.counters.states_labelled,
-            "learner_updates": self.counters.updates, "wall_s": wall_s, "session_wall_s": self._elapsed(),
+            "learner_updates": self.counters.updates, "wall_s": self.counters.wall_s_before + self._elapsed(),
+            "session_wall_s": self._elapsed(),
             "best_checkpoint": self.best["path"], "best_checkpoint_selection_score": self.best.get("score"),
-            "stop_reason": self.stop_reason, "loss": self.config.learner.loss, "learner_device": self.learner_device,
-            "store_bytes_per_state": store_stats["bytes_stored"] / max(1, store_stats["states_stored"]), "evaluations": len(self.eval_history),
-            "resumed": self.resumed, "placement": getattr(self, "placement", None),
+            "stop_reason": self.stop_reason, "loss": self.config.learner.loss, "acting": self.config.actors.acting,
+            "learner_device": self.learner_device, "store_bytes_per_state": bytes_stored / max(1, states_stored),
+            "evaluations": len(self.eval_history), "resumed": self.resumed, "placement": getattr(self, "placement", None),
         }
         self.run.write_summary(summary)
         self.metrics.log("summary", self.counters.updates, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
@@ -272,13 +291,14 @@ class Head:
 def run(config: RunConfig, run: RunDirectory, address: str | None = None, resumed: bool = False) -> dict:
     prepared = prepare(config)
     head = Head(config, run, prepared, address, resumed)
+    whose = "the teacher's" if not prepared.multi_task else f"the {len(prepared.tasks)} teachers' combined"
     say(f"run directory {run.root}; student {prepared.student_params} params = "
-        f"{prepared.student_params / prepared.teacher_params:.1%} of the teacher's {prepared.teacher_params}")
+        f"{prepared.student_params / prepared.teacher_params:.1%} of {whose} {prepared.teacher_params}")
     components = None
     try:
-        store_address = head._start_store()
+        store_addresses = head._start_stores()
         head.started_ray = connect_ray(address)
-        components = start_components(config, store_address, prepared.teacher, prepared.student_spec)
+        components = start_components(config, prepared, store_addresses)
         head.metrics = MetricsLog(run.metrics_path, run.tensorboard_dir)
         head.placement = placement(components)
         say(f"placement: learner on node {head.placement['learner'][:8]}, actors on "
@@ -286,15 +306,17 @@ def run(config: RunConfig, run: RunDirectory, address: str | None = None, resume
         if resumed:
             head._restore(components)
         try:
-            head.supervise(components, store_address)
+            head.supervise(components, store_addresses)
         except KeyboardInterrupt:
             head.stop_reason = "interrupted"
             say("interrupted: taking a last snapshot before stopping")
         summary = head.finish(components)
-        say(f"done ({head.stop_reason}): student {summary['student_return_mean']:.1f} vs teacher "
-            f"{summary['teacher_return_mean']:.1f} (random {summary['random_return_mean']:.1f}) -> normalized "
-            f"{summary['normalized_score']:.3f} (95% CI [{summary['normalized_score_ci95'][0]:.3f}, "
-            f"{summary['normalized_score_ci95'][1]:.3f}]); summary in {run.summary_path}")
+        for task in summary.get("tasks", [summary]):
+            low, high = task["normalized_score_ci95"]
+            say(f"{task['env_id']}: student {task['student_return_mean']:.1f} vs teacher {task['teacher_return_mean']:.1f} "
+                f"(random {task['random_return_mean']:.1f}) -> normalized {task['normalized_score']:.3f} "
+                f"(95% CI [{low:.3f}, {high:.3f}])")
+        say(f"done ({head.stop_reason}): normalized score {summary['normalized_score']:.3f}; summary in {run.summary_path}")
         return summary
     finally:
         if components is not None:
@@ -303,7 +325,7 @@ def run(config: RunConfig, run: RunDirectory, address: str | None = None, resume
             head.metrics.close()
         if head.started_ray:
             ray.shutdown()
-        if getattr(head, "store", None) is not None:
-            head.store.close()
+        for store in getattr(head, "stores", []):
+            store.close()
         if head.redis is not None:
             head.redis.stop()

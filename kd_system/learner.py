@@ -1,21 +1,34 @@
 """The learner component: distils the student from batches sampled out of the replay store and
-publishes versioned student weights beside the data. Ray-free; the head wraps it."""
+publishes versioned student weights beside the data. Ray-free; the head wraps it.
+
+With several tasks (multi-task distillation, Rusu et al. 2015 section 4.3) each task has its own
+store namespace, teacher output kind and network view; the views share their hidden-to-hidden
+layers, and every update takes one batch from each task and sums their losses.
+"""
 from __future__ import annotations
 
 import io
 import time
+from dataclasses import dataclass
 
 import torch
 
 from .config import LearnerConfig
 from .losses import build_loss
+from .networks import SharedTrunkMLPs, build_network
 from .policy_files import PolicyBundle, PolicySpec, module_from_bytes, module_to_bytes
 from .prefetch import Prefetcher
-from .store import ReplayStore, StoreAddress
-from .networks import build_network
 from .rate_limit import SampleToInsertLimiter
+from .store import ReplayStore, StoreAddress
 
 LIMITER_SYNC_UPDATES = 4  # one Redis round trip per this many updates keeps both sides current
+
+
+@dataclass(frozen=True)
+class LearnerTask:
+    store: StoreAddress
+    student_spec: PolicySpec
+    teacher_output_kind: str
 
 
 def pick_device(requested: str) -> torch.device:
@@ -24,77 +37,106 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+def build_students(specs: list[PolicySpec]) -> list[torch.nn.Module]:
+    """One network per task; with several tasks they share their trunk (see SharedTrunkMLPs)."""
+    if len(specs) == 1:
+        spec = specs[0]
+        return [build_network(spec.network, spec.obs_shape, spec.num_actions)]
+    network = specs[0].network
+    obs_dims = [int(torch.Size(spec.obs_shape).numel()) for spec in specs]
+    shared = SharedTrunkMLPs([(dim, spec.num_actions) for dim, spec in zip(obs_dims, specs)],
+                             list(network["hidden"]), network.get("activation", "relu"))
+    return list(shared.views)
+
+
+def unique_parameters(modules: list[torch.nn.Module]) -> list[torch.nn.Parameter]:
+    seen: dict[int, torch.nn.Parameter] = {}
+    for module in modules:
+        for param in module.parameters():
+            seen.setdefault(id(param), param)
+    return list(seen.values())
+
+
 class Learner:
-    def __init__(self, config: LearnerConfig, store_address: StoreAddress, student_spec: PolicySpec,
-                 teacher_output_kind: str, limiter: SampleToInsertLimiter | None = None):
+    def __init__(self, config: LearnerConfig, tasks: list[LearnerTask], limiter: SampleToInsertLimiter | None = None):
         torch.manual_seed(config.seed)
         torch.set_num_threads(config.torch_threads)
         self.config = config
+        self.tasks = list(tasks)
         self.device = pick_device(config.device)
-        self.student_spec = student_spec
-        self.student = build_network(student_spec.network, student_spec.obs_shape, student_spec.num_actions).to(self.device)
-        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.loss_fn = build_loss(config.loss, teacher_output_kind, config.temperature, config.student_temperature)
-        self.store = ReplayStore.from_address(store_address)
-        self.prefetcher: Prefetcher | None = None
+        self.students = [s.to(self.device) for s in build_students([t.student_spec for t in self.tasks])]
+        self.parameters = unique_parameters(self.students)
+        self.optimizer = torch.optim.Adam(self.parameters, lr=config.lr, weight_decay=config.weight_decay)
+        self.loss_fns = [build_loss(config.loss, t.teacher_output_kind, config.temperature, config.student_temperature)
+                         for t in self.tasks]
+        self.stores = [ReplayStore.from_address(t.store) for t in self.tasks]
+        self.prefetchers: list[Prefetcher] | None = None
         self.limiter = limiter or SampleToInsertLimiter(min_size_to_sample=config.batch_size, samples_per_insert=32.0)
         self.updates = 0
         self.samples = 0
-        # The limiter compares with what this store received since we connected (a resumed run
-        # starts with an empty store but a restored sample count).
+        # The limiter compares with what each store received since we connected (a resumed run
+        # starts with empty stores but a restored sample count). Every update samples each task once.
         self.limiter_samples = 0
         self.published_version = -1
 
-    def _ensure_prefetcher(self) -> None:
-        if self.prefetcher is None:
-            cfg = self.config
-            self.prefetcher = Prefetcher(self.store, cfg.batch_size, cfg.chunks_per_sample, cfg.prefetch_batches,
-                                         cfg.prefetch_threads, self.device, cfg.seed + 7919)
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters)
 
-    def _update(self, batch: dict[str, torch.Tensor]) -> float:
-        student_out = self.student(batch["obs"])
-        loss = self.loss_fn(student_out, batch["teacher_out"])
+    def _ensure_prefetchers(self) -> None:
+        if self.prefetchers is None:
+            cfg = self.config
+            self.prefetchers = [Prefetcher(store, cfg.batch_size, cfg.chunks_per_sample, cfg.prefetch_batches,
+                                           cfg.prefetch_threads, self.device, cfg.seed + 7919 * (i + 1))
+                                for i, store in enumerate(self.stores)]
+
+    def _update(self, batches: list[dict[str, torch.Tensor]]) -> float:
+        loss = sum(fn(student(batch["obs"]), batch["teacher_out"])
+                   for fn, student, batch in zip(self.loss_fns, self.students, batches))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.config.grad_clip_norm)
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip_norm)
         self.optimizer.step()
         self.updates += 1
-        self.samples += len(batch["obs"])
+        self.samples += sum(len(batch["obs"]) for batch in batches)
         return loss.item()
+
+    def _sync(self) -> list[int]:
+        return [store.sync_sampled(self.limiter_samples) for store in self.stores]
 
     def train(self, duration_s: float) -> dict:
         """Update for about ``duration_s`` seconds; waits (not over-samples) while data is short."""
         cfg = self.config
         start = time.perf_counter()
         deadline = start + duration_s
-        inserted = self.store.sync_sampled(self.limiter_samples)
+        inserted = self._sync()
         losses: list[float] = []
         wait_input_s = wait_limiter_s = 0.0
         while time.perf_counter() < deadline:
-            if not self.limiter.can_sample(inserted, self.limiter_samples, cfg.batch_size):
+            if not all(self.limiter.can_sample(n, self.limiter_samples, cfg.batch_size) for n in inserted):
                 pause_start = time.perf_counter()
                 time.sleep(0.01)
-                inserted = self.store.sync_sampled(self.limiter_samples)
+                inserted = self._sync()
                 wait_limiter_s += time.perf_counter() - pause_start
                 continue
-            self._ensure_prefetcher()
+            self._ensure_prefetchers()
             fetch_start = time.perf_counter()
-            batch = self.prefetcher.get()
+            batches = [prefetcher.get() for prefetcher in self.prefetchers]
             wait_input_s += time.perf_counter() - fetch_start
-            losses.append(self._update(batch))
+            losses.append(self._update(batches))
             self.limiter_samples += cfg.batch_size
             if self.updates % LIMITER_SYNC_UPDATES == 0:
-                inserted = self.store.sync_sampled(self.limiter_samples)
+                inserted = self._sync()
             if self.updates % cfg.publish_every_updates == 0:
                 self.publish()
-        self.store.sync_sampled(self.limiter_samples)
+        inserted = self._sync()
         elapsed = time.perf_counter() - start
         return {
             "updates": self.updates,
             "samples": self.samples,
             "loss": sum(losses) / len(losses) if losses else None,
             "updates_in_call": len(losses),
-            "replay_ratio": self.limiter_samples / max(1, inserted),
+            "replay_ratio": self.limiter_samples / max(1, min(inserted)),
             "call_s": elapsed,
             "wait_input_frac": wait_input_s / elapsed,
             "wait_limiter_frac": wait_limiter_s / elapsed,
@@ -102,29 +144,36 @@ class Learner:
         }
 
     def publish(self) -> int:
-        self.store.publish_weights(self.updates, module_to_bytes(self.student))
+        """Each task's actors read their own view of the student from their task's namespace."""
+        for store, student in zip(self.stores, self.students):
+            store.publish_weights(self.updates, module_to_bytes(student))
         self.published_version = self.updates
         return self.updates
 
-    def student_bundle(self) -> PolicyBundle:
-        return PolicyBundle.from_module(self.student_spec, self.student)
+    def student_bundles(self) -> list[PolicyBundle]:
+        return [PolicyBundle.from_module(t.student_spec, s) for t, s in zip(self.tasks, self.students)]
 
     def get_state(self) -> dict:
         """Everything a snapshot needs, as plain bytes and numbers (no live objects)."""
         optimizer_bytes = io.BytesIO()
         torch.save(self.optimizer.state_dict(), optimizer_bytes)
-        return {"student": self.student_bundle(), "optimizer": optimizer_bytes.getvalue(),
+        return {"students": self.student_bundles(), "optimizer": optimizer_bytes.getvalue(),
                 "updates": self.updates, "samples": self.samples}
 
-    def load_state(self, student_weights: bytes, optimizer_state: bytes | None, updates: int, samples: int) -> None:
-        restored = module_from_bytes(self.student_spec, student_weights, "snapshot student weights")
-        self.student.load_state_dict(restored.state_dict())
+    def load_state(self, student_weights: list[bytes], optimizer_state: bytes | None, updates: int, samples: int) -> None:
+        if len(student_weights) != len(self.students):
+            raise ValueError(f"snapshot has {len(student_weights)} task students, this run has {len(self.students)}")
+        for task, student, weights in zip(self.tasks, self.students, student_weights):
+            restored = module_from_bytes(task.student_spec, weights, "snapshot student weights")
+            # shared trunk layers are written once per task with identical values
+            student.load_state_dict(restored.state_dict())
         if optimizer_state is not None:
             state = torch.load(io.BytesIO(optimizer_state), map_location=self.device, weights_only=True)
             self.optimizer.load_state_dict(state)
         self.updates, self.samples = updates, samples
 
     def close(self) -> None:
-        if self.prefetcher is not None:
-            self.prefetcher.close()
-        self.store.close()
+        for prefetcher in self.prefetchers or []:
+            prefetcher.close()
+        for store in self.stores:
+            store.close()

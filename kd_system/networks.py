@@ -66,3 +66,27 @@ def build_network(spec: dict[str, Any], obs_shape: tuple[int, ...], num_actions:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+class SharedTrunkMLPs(nn.Module):
+    """One MLP per task whose hidden-to-hidden layers are the same modules for every task.
+
+    Task i's network is a plain :class:`MLP` (its own input layer, the shared trunk, its own
+    output head), so each task's student saves and loads as an ordinary ``mlp`` checkpoint.
+    Tasks may differ in observation size and action count, as classic-control tasks do.
+    """
+
+    def __init__(self, tasks: list[tuple[int, int]], hidden: list[int], activation: str = "relu"):
+        super().__init__()
+        if len(hidden) < 2:
+            raise CheckpointError("student.hidden needs at least two layers for a multi-task student "
+                                  "(the layers between them are what the tasks share)")
+        self.views = nn.ModuleList(MLP(obs_dim, num_actions, hidden, activation) for obs_dim, num_actions in tasks)
+        first = self.views[0].layers
+        trunk = range(2, 2 * len(hidden) - 1)  # after the input Linear+activation, before the head
+        for view in self.views[1:]:
+            for index in trunk:
+                view.layers[index] = first[index]
+
+    def forward(self, obs: torch.Tensor, task: int) -> torch.Tensor:
+        return self.views[task](obs)

@@ -1,54 +1,97 @@
-"""Everything checked before Ray or Redis start: env, teacher, student. Errors name the field."""
+"""Everything checked before Ray or Redis start: envs, teachers, student. Errors name the field."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from .config import RunConfig, resolve_teacher_path
+from .config import RunConfig, TaskConfig, resolve_teacher_path
 from .envs import env_spaces, check_env_id
 from .errors import CheckpointError, ConfigError
 from .loss_spec import student_output_kind
 from .metrics import say
-from .networks import build_network, count_parameters
+from .networks import SharedTrunkMLPs, build_network, count_parameters
 from .policy_files import PolicyBundle, PolicySpec, load_bundle
 
 
 @dataclass(frozen=True)
-class Prepared:
+class PreparedTask:
+    name: str
+    env_id: str
     teacher: PolicyBundle
     teacher_path: str
-    student_spec: PolicySpec
     teacher_params: int
-    student_params: int
+    student_spec: PolicySpec  # this task's view of the student: a plain MLP checkpoint
 
 
-def prepare(config: RunConfig) -> Prepared:
-    check_env_id(config.env.id)
-    teacher_path = resolve_teacher_path(config.teacher.checkpoint)
+@dataclass(frozen=True)
+class Prepared:
+    tasks: tuple[PreparedTask, ...]
+    teacher_params: int  # all teachers together
+    student_params: int  # the student's distinct parameters (a shared trunk counts once)
+
+    @property
+    def multi_task(self) -> bool:
+        return len(self.tasks) > 1
+
+    @property
+    def env_label(self) -> str:
+        return "+".join(task.env_id for task in self.tasks)
+
+
+def _field(config: RunConfig, index: int, key: str) -> str:
+    """The config field a task came from, for error messages."""
+    if config.tasks:
+        return f"tasks[{index}].{key}"
+    return {"env": "env.id", "teacher": "teacher.checkpoint"}[key]
+
+
+def _load_teacher(config: RunConfig, index: int, task: TaskConfig) -> tuple[PolicyBundle, str]:
+    where = _field(config, index, "teacher")
     try:
-        teacher = load_bundle(teacher_path)
-    except CheckpointError as exc:
-        raise CheckpointError(f"teacher.checkpoint: {exc}") from None
-    spaces = env_spaces(config.env.id)
+        teacher_path = resolve_teacher_path(task.teacher)
+        return load_bundle(teacher_path), str(teacher_path)
+    except (CheckpointError, ConfigError) as exc:
+        message = str(exc).removeprefix("teacher.checkpoint: ")
+        raise type(exc)(f"{where}: {message}") from None
+
+
+def _prepare_task(config: RunConfig, index: int, task: TaskConfig, network: dict) -> PreparedTask:
+    check_env_id(task.env, _field(config, index, "env"))
+    teacher, teacher_path = _load_teacher(config, index, task)
+    spaces = env_spaces(task.env)
     t = teacher.spec
     if tuple(t.obs_shape) != spaces.obs_shape or t.num_actions != spaces.num_actions:
         raise ConfigError(
-            f"teacher.checkpoint {teacher_path} expects observations {tuple(t.obs_shape)} and {t.num_actions} actions "
-            f"but env.id {config.env.id} has {spaces.obs_shape} and {spaces.num_actions}; use a teacher trained on {config.env.id}")
-    if t.env_id != config.env.id:
-        say(f"note: teacher was trained on {t.env_id} but env.id is {config.env.id} (spaces match, continuing)")
+            f"{_field(config, index, 'teacher')} {teacher_path} expects observations {tuple(t.obs_shape)} and "
+            f"{t.num_actions} actions but {_field(config, index, 'env')} {task.env} has {spaces.obs_shape} and "
+            f"{spaces.num_actions}; use a teacher trained on {task.env}")
+    if t.env_id != task.env:
+        say(f"note: teacher was trained on {t.env_id} but the env is {task.env} (spaces match, continuing)")
     teacher_params = count_parameters(teacher.module())
+    view_params = count_parameters(build_network(network, spaces.obs_shape, spaces.num_actions))
+    student_spec = PolicySpec(
+        role="student", env_id=task.env, obs_shape=spaces.obs_shape, obs_dtype=spaces.obs_dtype,
+        num_actions=spaces.num_actions, output_kind=student_output_kind(config.learner.loss, t.output_kind),
+        network=network, num_params=view_params,
+        model_card={"distilled_from": teacher_path, "teacher_params": teacher_params,
+                    "param_fraction_of_teacher": view_params / teacher_params, "loss": config.learner.loss})
+    return PreparedTask(task.name, task.env, teacher, teacher_path, teacher_params, student_spec)
+
+
+def prepare(config: RunConfig) -> Prepared:
     network = {"kind": "mlp", "hidden": list(config.student.hidden), "activation": config.student.activation}
-    student_params = count_parameters(build_network(network, spaces.obs_shape, spaces.num_actions))
+    tasks = tuple(_prepare_task(config, i, task, network) for i, task in enumerate(config.task_list()))
+    teacher_params = sum(task.teacher_params for task in tasks)
+    if len(tasks) == 1:
+        student_params = tasks[0].student_spec.num_params
+    else:
+        shapes = [(math.prod(task.student_spec.obs_shape), task.student_spec.num_actions) for task in tasks]
+        student_params = count_parameters(SharedTrunkMLPs(shapes, list(config.student.hidden), config.student.activation))
     fraction = student_params / teacher_params
     if fraction > config.student.max_param_fraction:
+        whose = "the teacher's" if len(tasks) == 1 else "the teachers' combined"
         raise ConfigError(
-            f"student.hidden {list(config.student.hidden)} gives {student_params} parameters, {fraction:.1%} of the "
-            f"teacher's {teacher_params}, above student.max_param_fraction {config.student.max_param_fraction}; "
+            f"student.hidden {list(config.student.hidden)} gives {student_params} parameters, {fraction:.1%} of "
+            f"{whose} {teacher_params}, above student.max_param_fraction {config.student.max_param_fraction}; "
             "use smaller layers or raise the fraction")
-    output_kind = student_output_kind(config.learner.loss, t.output_kind)
-    student_spec = PolicySpec(
-        role="student", env_id=config.env.id, obs_shape=spaces.obs_shape, obs_dtype=spaces.obs_dtype,
-        num_actions=spaces.num_actions, output_kind=output_kind, network=network, num_params=student_params,
-        model_card={"distilled_from": str(teacher_path), "teacher_params": teacher_params,
-                    "param_fraction_of_teacher": fraction, "loss": config.learner.loss})
-    return Prepared(teacher, str(teacher_path), student_spec, teacher_params, student_params)
+    return Prepared(tasks, teacher_params, student_params)

@@ -1,7 +1,8 @@
 """A run's directory: resolved config, metrics, snapshots, run state and summary.
 
 Snapshots are ordinary policy checkpoints (spec.json + model.safetensors) with the optimizer
-state and counters beside them, so ``kd-system eval`` reads a snapshot like a teacher.
+state and counters beside them, so ``kd-system eval`` reads a snapshot like a teacher. A
+multi-task snapshot holds one such checkpoint per task, in a folder named after the task.
 """
 from __future__ import annotations
 
@@ -74,13 +75,18 @@ class RunDirectory:
     def write_state(self, state: dict[str, Any]) -> None:
         _write_json(self.state_path, state)
 
-    def write_snapshot(self, learner_state: dict[str, Any], counters: dict[str, Any]) -> Path:
+    def write_snapshot(self, learner_state: dict[str, Any], counters: dict[str, Any], task_names: list[str]) -> Path:
         path = self.snapshots_dir / f"update-{learner_state['updates']:09d}"
         tmp = path.with_name(path.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        save_bundle(tmp, learner_state["student"])
+        students = learner_state["students"]
+        if len(students) == 1:
+            save_bundle(tmp, students[0])
+        else:
+            for name, bundle in zip(task_names, students):
+                save_bundle(tmp / name, bundle)
         (tmp / OPTIMIZER_FILE).write_bytes(learner_state["optimizer"])
-        _write_json(tmp / COUNTERS_FILE, {**counters, "updates": learner_state["updates"],
+        _write_json(tmp / COUNTERS_FILE, {**counters, "updates": learner_state["updates"], "tasks": task_names,
                                           "samples": learner_state["samples"], "written_at": time.time()})
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)  # a snapshot appears whole or not at all
@@ -105,13 +111,15 @@ class RunDirectory:
         _write_json(self.summary_path, summary)
 
 
-def load_snapshot(path: Path) -> tuple[PolicyBundle, bytes | None, dict[str, Any]]:
-    bundle = load_bundle(path)
+def load_snapshot(path: Path) -> tuple[list[PolicyBundle], bytes | None, dict[str, Any]]:
+    """The student of every task (one for single-task runs), optimizer bytes and counters."""
     counters_path = path / COUNTERS_FILE
     try:
         counters = json.loads(counters_path.read_text())
     except (OSError, json.JSONDecodeError):
         raise CheckpointError(f"{counters_path} is missing or corrupt; resume from an earlier snapshot (delete {path})") from None
+    task_names = counters.get("tasks") or []
+    bundles = [load_bundle(path / name) for name in task_names] if len(task_names) > 1 else [load_bundle(path)]
     optimizer_path = path / OPTIMIZER_FILE
     optimizer = optimizer_path.read_bytes() if optimizer_path.is_file() else None
     if optimizer is not None:
@@ -119,4 +127,4 @@ def load_snapshot(path: Path) -> tuple[PolicyBundle, bytes | None, dict[str, Any
             torch.load(optimizer_path, map_location="cpu", weights_only=True)
         except Exception:
             raise CheckpointError(f"{optimizer_path} is corrupt; delete it to resume with a fresh optimizer") from None
-    return bundle, optimizer, counters
+    return bundles, optimizer, counters

@@ -6,7 +6,7 @@ import torch
 from kd_system.collector import Collector, CollectorSettings
 from kd_system.config import LearnerConfig
 from kd_system.evaluator import Evaluator, normalized_score
-from kd_system.learner import Learner
+from kd_system.learner import Learner, LearnerTask
 from kd_system.networks import build_network, count_parameters
 from kd_system.policy_files import FrozenPolicy, PolicyBundle, PolicySpec
 from kd_system.rate_limit import SampleToInsertLimiter
@@ -68,7 +68,7 @@ def test_epsilon_one_acts_randomly(address, teacher):
 def make_learner(address, teacher, **config) -> Learner:
     student_spec = PolicySpec("student", "CartPole-v1", (4,), "float32", 2, "logits", STUDENT_NET)
     cfg = LearnerConfig(batch_size=64, publish_every_updates=20, **config)
-    return Learner(cfg, address, student_spec, teacher.spec.output_kind, SampleToInsertLimiter(512, 32.0))
+    return Learner(cfg, [LearnerTask(address, student_spec, teacher.spec.output_kind)], SampleToInsertLimiter(512, 32.0))
 
 
 def test_learner_distils_from_the_store_and_publishes_weights(address, teacher):
@@ -84,9 +84,9 @@ def test_learner_distils_from_the_store_and_publishes_weights(address, teacher):
     # state round trip: a new learner restored from the state produces the same outputs
     state = learner.get_state()
     clone = make_learner(address, teacher, temperature=1.0)
-    clone.load_state(state["student"].weights, state["optimizer"], state["updates"], state["samples"])
+    clone.load_state([s.weights for s in state["students"]], state["optimizer"], state["updates"], state["samples"])
     obs = torch.randn(8, 4)
-    torch.testing.assert_close(clone.student(obs), learner.student(obs))
+    torch.testing.assert_close(clone.students[0](obs), learner.students[0](obs))
     assert clone.updates == learner.updates
     for component in (collector, learner, clone):
         component.close()

@@ -7,7 +7,7 @@ import torch
 from kd_system.collector import Collector, CollectorSettings
 from kd_system.config import LearnerConfig, load_config
 from kd_system.errors import ConfigError
-from kd_system.learner import Learner
+from kd_system.learner import Learner, LearnerTask
 from kd_system.networks import build_network, count_parameters
 from kd_system.policy_files import PolicyBundle, PolicySpec
 from kd_system.rate_limit import SampleToInsertLimiter, check_deadlock_free
@@ -96,7 +96,7 @@ def test_learner_stops_at_the_replay_ratio(address, teacher):
                            "teacher_out": rng.normal(size=(128, 2)).astype(np.float32),
                            "action": np.zeros(128, np.int32)}, {})
     student = PolicySpec("student", "CartPole-v1", (4,), "float32", 2, "logits", NET)
-    learner = Learner(LearnerConfig(batch_size=64), address, student, "q", SampleToInsertLimiter(256, 1.0))
+    learner = Learner(LearnerConfig(batch_size=64), [LearnerTask(address, student, "q")], SampleToInsertLimiter(256, 1.0))
     report = learner.train(0.5)
     # 512 written, min size 256, one sample per insert: 256 samples = exactly 4 batches of 64
     assert report["updates"] == 4 and report["wait_limiter_frac"] > 0.5
