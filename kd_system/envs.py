@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
+from . import atari
 from .errors import ConfigError
 
 
@@ -18,16 +19,25 @@ class EnvSpaces:
 
 
 def check_env_id(env_id: str, field_name: str = "env.id") -> None:
+    if atari.is_atari_id(env_id):
+        atari.game_of(env_id, field_name)
+        return
     if env_id not in gym.registry:
         close = [name for name in gym.registry if env_id.lower().split("-")[0] in name.lower()][:5]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(
             f"{field_name}: {env_id!r} is not a registered Gymnasium environment{hint}; "
-            "use an id such as CartPole-v1, Acrobot-v1 or LunarLander-v3"
+            "use an id such as CartPole-v1, Acrobot-v1, LunarLander-v3 or ALE/Pong-v5"
         )
 
 
 def make_env(env_id: str, seed: int | None = None) -> gym.Env:
+    if atari.is_atari_id(env_id):  # raw-score protocol: evaluation must see game scores, whole episodes
+        env = atari.AtariEnv(env_id, atari.RAW_SCORE)
+        if seed is not None:
+            env.reset(seed=seed)
+            env.action_space.seed(seed)
+        return env
     check_env_id(env_id)
     try:
         env = gym.make(env_id)
@@ -53,7 +63,10 @@ def env_spaces(env_id: str) -> EnvSpaces:
 
 
 def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorEnv:
-    """Synchronous vector env (same-step autoreset) for actors; cheap envs gain nothing from subprocesses."""
+    """Synchronous vector env (same-step autoreset) for actors; cheap envs gain nothing from subprocesses.
+    Atari ids get ale-py's threaded C++ vector env with the same preprocessing as ``make_env``."""
+    if atari.is_atari_id(env_id):
+        return atari.make_atari_vector_env(env_id, num_envs, seed, atari.RAW_SCORE)
     check_env_id(env_id)
     env_fns = [lambda: make_env(env_id) for _ in range(num_envs)]
     vec = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
