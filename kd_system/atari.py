@@ -17,12 +17,12 @@ Both paths are ale-py's C++ ``AtariVectorEnv`` (threads inside ALE, no Python pe
   the contract ``collector.Collector`` counts returns with. The ale-py default, NEXT_STEP,
   would instead spend one extra step per episode (reward 0, action ignored) to reset, and the
   collector would label and store that terminal frame as if it were a decision.
-- evaluation: :class:`AtariEnv`, the same C++ env with one sub-env behind the single-env
+- evaluation: :class:`SingleAtariEnv`, the same C++ env with one sub-env behind the single-env
   Gymnasium API. Using the same code gives identical observations to the actor path
   (tests/test_atari.py checks it); ``gymnasium.wrappers.AtariPreprocessing`` would need
   OpenCV, which this project does not install, and resizes with its own interpolation.
 
-Seeding: ``reset(seed=s)`` on a vector of N gives sub-env i the seed ``s + i``; ``AtariEnv``
+Seeding: ``reset(seed=s)`` on a vector of N gives sub-env i the seed ``s + i``; ``SingleAtariEnv``
 reset with ``s + i`` then replays the same episode (same no-op count, same sticky-action draws).
 A seeded reset reloads the ROM (ALE takes its seed at load time): ~0.3 s per env here, once per
 evaluation episode and once per actor start; automatic resets between episodes are unseeded
@@ -101,8 +101,11 @@ def game_of(env_id: str, field_name: str = "env.id") -> str:
 
 def _vector(game: str, num_envs: int, settings: AtariSettings, num_threads: int,
             autoreset_mode: AutoresetMode):
+    import ale_py
     from ale_py.vector_env import AtariVectorEnv
     settings.check()
+    # ALE prints a banner per ROM load, i.e. per sub-env and per seeded reset: it would flood actor logs.
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     return AtariVectorEnv(
         game, num_envs,
         num_threads=num_threads,
@@ -140,7 +143,7 @@ def make_atari_vector_env(env_id: str, num_envs: int, seed: int, settings: Atari
     return vec
 
 
-class AtariEnv(gym.Env):
+class SingleAtariEnv(gym.Env):
     """One Atari game behind the single-env Gymnasium API, preprocessed exactly as the actors' vector.
 
     Steps with the caller's own ``reset`` at episode ends (as ``evaluation.run_episodes`` does):

@@ -33,7 +33,7 @@ def check_env_id(env_id: str, field_name: str = "env.id") -> None:
 
 def make_env(env_id: str, seed: int | None = None) -> gym.Env:
     if atari.is_atari_id(env_id):  # raw-score protocol: evaluation must see game scores, whole episodes
-        env = atari.AtariEnv(env_id, atari.RAW_SCORE)
+        env = atari.SingleAtariEnv(env_id, atari.RAW_SCORE)
         if seed is not None:
             env.reset(seed=seed)
             env.action_space.seed(seed)

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from kd_system.atari import (OBS_SHAPE, RAW_SCORE, TEACHER_TRAINING, AtariEnv, AtariSettings,
+from kd_system.atari import (OBS_SHAPE, RAW_SCORE, TEACHER_TRAINING, SingleAtariEnv, AtariSettings,
                              make_atari_vector_env, student_network_for)
 from kd_system.collector import Collector, CollectorSettings
 from kd_system.envs import check_env_id, env_spaces, make_env, make_vector_env
 from kd_system.errors import CheckpointError, ConfigError
+from kd_system.evaluation import random_act_fn, run_episodes
 from kd_system.networks import CNN_PRESETS, build_network, cnn_spec, count_parameters
 from kd_system.policy_files import FrozenPolicy, PolicyBundle, PolicySpec
 from kd_system.store import ReplayStore, StoreAddress, encode_chunk
@@ -37,7 +38,7 @@ def test_spaces_and_observations_are_uint8_stacks_of_84x84_frames():
 
 
 def test_frame_stack_shifts_and_puts_the_newest_frame_last():
-    env = AtariEnv(PONG, AtariSettings(noop_max=0, repeat_action_probability=0.0))
+    env = SingleAtariEnv(PONG, AtariSettings(noop_max=0, repeat_action_probability=0.0))
     previous, _ = env.reset(seed=0)
     rng = np.random.default_rng(0)
     changed_newest = 0
@@ -90,7 +91,7 @@ def test_evaluation_keeps_raw_scores_and_clipping_is_only_a_training_option():
 
 def test_terminal_on_life_loss_ends_the_episode_at_the_first_lost_life():
     settings = AtariSettings(terminal_on_life_loss=True, fire_reset=True)
-    env = AtariEnv("ALE/Breakout-v5", settings)
+    env = SingleAtariEnv("ALE/Breakout-v5", settings)
     _, info = env.reset(seed=0)
     lives = int(info["lives"])
     rng = np.random.default_rng(0)
@@ -126,7 +127,7 @@ def test_vector_env_resets_in_the_same_step_so_returns_and_boundaries_count_righ
     settings = AtariSettings(noop_max=0, repeat_action_probability=0.0, max_frames_per_episode=100)
     vec = make_atari_vector_env(PONG, 2, seed=0, settings=settings)
     first, _ = vec.reset(seed=0)
-    env = AtariEnv(PONG, settings)
+    env = SingleAtariEnv(PONG, settings)
     env.reset(seed=0)
     for step in range(25):  # 25 agent steps x 4 frames = 100 frames: truncated on the last one
         obs, _, terminated, truncated, info = vec.step(np.zeros(2, np.int64))
@@ -253,3 +254,11 @@ def test_collector_on_pong_labels_uint8_states_with_a_cnn_teacher(redis_url, run
         np.testing.assert_allclose(batch["teacher_out"], expected, rtol=1e-5, atol=1e-5)
     finally:
         store.clear()
+
+
+def test_evaluation_episode_returns_are_whole_game_scores():
+    """A random Pong player loses most points: its return is a score like -20, not a clipped sum,
+    and the episode ends with the game (21 points), not at a lost point or life."""
+    stats = run_episodes(PONG, random_act_fn(6, seed=0), episodes=1, seed=0)
+    assert stats.returns[0] <= -15 and float(stats.returns[0]).is_integer()
+    assert stats.lengths[0] > 500
