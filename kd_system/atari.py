@@ -78,7 +78,7 @@ def is_atari_id(env_id: str) -> bool:
     return env_id.startswith(ATARI_PREFIX)
 
 
-def _register_ale_ids() -> None:
+def register_ale_ids() -> None:
     """Gymnasium 1.x no longer registers ALE ids by itself; importing ale_py's plugin does."""
     if f"{ATARI_PREFIX}Pong-v5" not in gym.registry:
         import ale_py
@@ -87,7 +87,7 @@ def _register_ale_ids() -> None:
 
 def game_of(env_id: str, field_name: str = "env.id") -> str:
     """The ROM name (``pong``, ``ms_pacman``) of an ALE v5 id, or a ConfigError saying what to use."""
-    _register_ale_ids()
+    register_ale_ids()
     if not env_id.endswith("-v5") or env_id not in gym.registry:
         raise ConfigError(f"{field_name}: {env_id!r} is not an ALE v5 id; use one such as ALE/Pong-v5 or "
                           "ALE/Breakout-v5 (any game ale-py ships, listed by gymnasium.registry)")
@@ -97,6 +97,17 @@ def game_of(env_id: str, field_name: str = "env.id") -> str:
                           "support (full action space, RAM observations or a game mode); use the plain "
                           "ALE/<Game>-v5 id")
     return str(kwargs["game"])
+
+
+def refuse_legacy_atari_id(env_id: str, field_name: str = "env.id") -> None:
+    """v0/v4 and NoFrameskip ids would bypass the preprocessing (raw RGB frames): point to v5."""
+    if env_id not in gym.registry:
+        register_ale_ids()
+    spec = gym.registry.get(env_id)
+    if spec is not None and str(spec.entry_point).startswith("ale_py"):
+        game = str(spec.kwargs.get("game", "pong"))
+        raise ConfigError(f"{field_name}: {env_id!r} is a legacy Atari id without kd_system's preprocessing; "
+                          f"use ALE/{game.title().replace('_', '')}-v5")
 
 
 def _vector(game: str, num_envs: int, settings: AtariSettings, num_threads: int,

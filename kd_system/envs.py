@@ -22,7 +22,9 @@ def check_env_id(env_id: str, field_name: str = "env.id") -> None:
     if atari.is_atari_id(env_id):
         atari.game_of(env_id, field_name)
         return
+    atari.refuse_legacy_atari_id(env_id, field_name)
     if env_id not in gym.registry:
+        atari.register_ale_ids()  # so that "Pong-v5" suggests ALE/Pong-v5
         close = [name for name in gym.registry if env_id.lower().split("-")[0] in name.lower()][:5]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(

@@ -142,6 +142,8 @@ def test_atari_ids_are_checked_with_one_line_errors():
     check_env_id(PONG)
     with pytest.raises(ConfigError, match=r"^env\.id: 'ALE/Pong-v4' is not an ALE v5 id; use"):
         check_env_id("ALE/Pong-v4")
+    with pytest.raises(ConfigError, match=r"legacy Atari id .*; use ALE/SpaceInvaders-v5$"):
+        check_env_id("SpaceInvadersNoFrameskip-v4")
     with pytest.raises(ConfigError, match=r"repeat_action_probability 1\.0 must be in \[0, 1\)"):
         make_atari_vector_env(PONG, 1, seed=0, settings=AtariSettings(repeat_action_probability=1.0))
 
