@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -39,11 +39,12 @@ class StudentConfig:
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "relu"
     max_param_fraction: float = 0.10  # refuse students larger than this share of the teacher
+    preset: str = "rusu-7"  # CNN students for Atari tasks (networks.CNN_PRESETS); hidden is for MLPs
 
 
 @dataclass(frozen=True)
 class StoreConfig:
-    redis_url: str | None = None  # None: the head starts a private redis-server
+    redis_url: str | None = None  # None: the head starts a private redis-server; env:NAME reads $NAME (kd_system/env_refs.py)
     capacity_states: int = 200_000
     chunk_states: int = 256
     clear_on_start: bool = True
@@ -51,7 +52,7 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class ActorConfig:
-    num_actors: int = 2
+    num_actors: int | Literal["auto"] = 2  # auto: as many as the cluster has room for (kd_system/cluster_info.py)
     envs_per_actor: int = 8
     epsilon: float = 0.05  # the acting policy explores with this probability
     acting: str = "teacher"  # teacher | student | mixed: who picks actions (kd_system/acting.py)
@@ -112,6 +113,17 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """One task of a multi-task run: an env and the teacher that plays it."""
+    env: str = ""
+    teacher: str = ""
+
+    @property
+    def name(self) -> str:  # names the task's store namespace and snapshot folder
+        return re.sub(r"[^A-Za-z0-9._-]", "_", self.env).lower()
+
+
+@dataclass(frozen=True)
 class RunConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -121,6 +133,20 @@ class RunConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     limiter: LimiterConfig = field(default_factory=LimiterConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    # Several tasks distil into one student with a shared trunk; when set, env and teacher are unused.
+    tasks: tuple[TaskConfig, ...] = ()
+
+    def task_list(self) -> tuple[TaskConfig, ...]:
+        return self.tasks or (TaskConfig(self.env.id, self.teacher.checkpoint),)
+
+
+_DESCRIPTIONS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return " or ".join(str(a) for a in typing.get_args(annotation))
+    return _DESCRIPTIONS.get(annotation, str(annotation))
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -130,11 +156,24 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
+        if len(inner) == 1:
+            return _coerce(value, inner[0], where)
+        for option in inner:  # e.g. int | Literal["auto"]: the first that fits
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {' or '.join(_describe(o) for o in inner)}, got {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{where}: expected {_describe(annotation)}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, where)
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -278,14 +317,25 @@ def validate(config: RunConfig) -> None:
     """Range and consistency checks that need no I/O (env ids and teachers are checked at start-up)."""
     s, a, lrn, h = config.store, config.actors, config.learner, config.head
     _require(bool(config.env.id), "env.id must name a Gymnasium environment, e.g. CartPole-v1")
+    for i, task in enumerate(config.tasks):
+        _require(bool(task.env) and bool(task.teacher),
+                 f"tasks[{i}] needs both env (a Gymnasium id) and teacher (a checkpoint directory or shipped:NAME)")
+    names = [task.name for task in config.tasks]
+    _require(len(set(names)) == len(names), "tasks: each env may appear once (one teacher per task)")
+    _require(len(config.tasks) != 1, "tasks: list two or more tasks, or use env.id and teacher.checkpoint for one")
+    _require(len(config.tasks) < 2 or len(config.student.hidden) >= 2,
+             "student.hidden needs at least two layers for a multi-task student (the tasks share the layers between them)")
     _require(all(w > 0 for w in config.student.hidden), "student.hidden must list positive layer widths")
     _require(0 < config.student.max_param_fraction <= 1, "student.max_param_fraction must be in (0, 1]")
+    _require(config.student.preset in ("nature", "rusu-25", "rusu-7", "rusu-4"),
+             f"student.preset {config.student.preset!r} is unknown; use rusu-25, rusu-7, rusu-4 or nature")
     _require(s.capacity_states > 0 and s.chunk_states > 0, "store.capacity_states and store.chunk_states must be positive")
     _require(s.capacity_states >= 2 * s.chunk_states, "store.capacity_states must hold at least two chunks (2 × store.chunk_states)")
     if s.redis_url is not None:
-        _require(s.redis_url.split("://")[0] in ("redis", "rediss", "unix"),
-                 "store.redis_url must start with redis://, rediss:// or unix://")
-    _require(a.num_actors >= 1 and a.envs_per_actor >= 1, "actors.num_actors and actors.envs_per_actor must be >= 1")
+        _require(s.redis_url.startswith("env:") or s.redis_url.split("://")[0] in ("redis", "rediss", "unix"),
+                 "store.redis_url must start with redis://, rediss:// or unix://, or name a variable as env:NAME")
+    _require((a.num_actors == "auto" or a.num_actors >= 1) and a.envs_per_actor >= 1,
+             "actors.num_actors (a number or auto) and actors.envs_per_actor must be >= 1")
     _require(0.0 <= a.epsilon <= 1.0, "actors.epsilon must be in [0, 1]")
     _require(a.acting in ("teacher", "student", "mixed"), f"actors.acting {a.acting!r} is unknown; use teacher, student or mixed")
     _require(a.weights_refresh_steps >= 1, "actors.weights_refresh_steps must be >= 1")

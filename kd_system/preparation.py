@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .atari import is_atari_id, student_network_for
 from .config import RunConfig, TaskConfig, resolve_teacher_path
 from .envs import env_spaces, check_env_id
 from .errors import CheckpointError, ConfigError
@@ -79,7 +80,10 @@ def _prepare_task(config: RunConfig, index: int, task: TaskConfig, network: dict
 
 
 def prepare(config: RunConfig) -> Prepared:
-    network = {"kind": "mlp", "hidden": list(config.student.hidden), "activation": config.student.activation}
+    first_env = config.task_list()[0].env
+    network = student_network_for(first_env, config.student.hidden, config.student.activation, config.student.preset)
+    if len(config.task_list()) > 1 and any(is_atari_id(task.env) for task in config.task_list()):
+        raise ConfigError("tasks: multi-task students are MLP-only so far; give one Atari task per run")
     tasks = tuple(_prepare_task(config, i, task, network) for i, task in enumerate(config.task_list()))
     teacher_params = sum(task.teacher_params for task in tasks)
     if len(tasks) == 1:
@@ -91,7 +95,7 @@ def prepare(config: RunConfig) -> Prepared:
     if fraction > config.student.max_param_fraction:
         whose = "the teacher's" if len(tasks) == 1 else "the teachers' combined"
         raise ConfigError(
-            f"student.hidden {list(config.student.hidden)} gives {student_params} parameters, {fraction:.1%} of "
+            f"{'student.preset ' + config.student.preset if network['kind'] == 'cnn' else 'student.hidden ' + str(list(config.student.hidden))} gives {student_params} parameters, {fraction:.1%} of "
             f"{whose} {teacher_params}, above student.max_param_fraction {config.student.max_param_fraction}; "
             "use smaller layers or raise the fraction")
     return Prepared(tasks, teacher_params, student_params)

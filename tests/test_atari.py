@@ -264,3 +264,23 @@ def test_evaluation_episode_returns_are_whole_game_scores():
     stats = run_episodes(PONG, random_act_fn(6, seed=0), episodes=1, seed=0)
     assert stats.returns[0] <= -15 and float(stats.returns[0]).is_integer()
     assert stats.lengths[0] > 500
+
+
+def test_an_atari_run_config_gets_a_rusu_cnn_student(tmp_path):
+    from kd_system.config import load_config
+    from kd_system.errors import ConfigError
+    from kd_system.networks import build_network, cnn_spec, count_parameters
+    from kd_system.policy_files import PolicySpec, save_policy
+    from kd_system.preparation import prepare
+
+    network = cnn_spec("nature")
+    module = build_network(network, (4, 84, 84), 6)
+    spec = PolicySpec("teacher", "ALE/Pong-v5", (4, 84, 84), "uint8", 6, "q", network, count_parameters(module))
+    save_policy(tmp_path / "pong-teacher", spec, module)
+    config = load_config(None, ["env.id=ALE/Pong-v5", f"teacher.checkpoint={tmp_path / 'pong-teacher'}"])
+    prepared = prepare(config)
+    assert prepared.tasks[0].student_spec.network["kind"] == "cnn"
+    assert prepared.student_params == 111_798  # rusu-7: 6.6% of the Nature DQN's 1,687,206
+    with pytest.raises(ConfigError, match="student.preset rusu-25 gives 424790 parameters"):
+        prepare(load_config(None, ["env.id=ALE/Pong-v5", f"teacher.checkpoint={tmp_path / 'pong-teacher'}",
+                                   "student.preset=rusu-25"]))
