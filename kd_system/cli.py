@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .teacher_training import register_cli
     register_cli(commands)
+    from .experiments.command import register_cli as register_experiment
+    register_experiment(commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Experiments: the results grid (``kd-system experiment``) and the from-scratch RLlib baseline."""

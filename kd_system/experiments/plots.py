@@ -1,0 +1,82 @@
+"""Plots of the results (matplotlib, Agg backend: files only, no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from .curves import eval_curve, read_records  # noqa: E402
+from .grid import Grid  # noqa: E402
+
+COLOURS = {"teacher": "tab:blue", "student": "tab:orange", "mixed": "tab:green"}
+SIZE_STYLES = ["-", "--", ":", "-."]
+
+
+def plot_curves(grid: Grid, out_dir: Path, report_dir: Path) -> list[Path]:
+    """Normalized score vs env steps, one figure per env, one curve per (who acts, size) with the first loss."""
+    written = []
+    for env_id in dict.fromkeys(c.env_id for c in grid.cells):
+        cells = [c for c in grid.cells if c.env_id == env_id]
+        main_loss = cells[0].loss
+        sizes = sorted({c.size for c in cells}, reverse=True)
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=80)
+        for cell in cells:
+            metrics = out_dir / "runs" / cell.name / "metrics.jsonl"
+            if cell.loss != main_loss or not metrics.is_file():
+                continue
+            curve = eval_curve(read_records(metrics))
+            if curve:
+                ax.plot([p.env_steps for p in curve], [p.normalized_score for p in curve],
+                        SIZE_STYLES[sizes.index(cell.size) % len(SIZE_STYLES)], color=COLOURS[cell.acting],
+                        marker=".", label=f"{cell.acting}-driven, {cell.size:.0%}")
+        ax.axhline(0.95, color="grey", linewidth=0.8, linestyle=":")
+        ax.set(title=f"{env_id}: distillation ({main_loss})", xlabel="env steps", ylabel="teacher-normalized score",
+               ylim=(-0.1, 1.1))
+        if ax.get_legend_handles_labels()[0]:  # an env whose cells have not run yet gets an empty frame
+            ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        path = report_dir / f"curves-{env_id.lower()}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_steps_bars(rows: list[dict], report_dir: Path, threshold: float) -> list[Path]:
+    """Env steps to the threshold per cell, beside the same student trained from scratch (log scale)."""
+    if not rows:
+        return []
+    labels, values, colours = [], [], []
+    for env_id in dict.fromkeys(r["env"] for r in rows):
+        env_rows = [r for r in rows if r["env"] == env_id]
+        for row in env_rows:
+            missed = "" if row["steps_to_095"] else " (not reached)"
+            labels.append(f"{env_id.split('-')[0]} {row['teacher_pct']:.0f}% {row['loss']} {row['acting']}{missed}")
+            values.append(row["steps_to_095"] or 0)
+            colours.append(COLOURS.get(row["acting"], "tab:gray"))
+        scratch = next((r for r in env_rows if r.get("scratch_steps_to_095") or r.get("scratch_note")), None)
+        if scratch is not None:
+            reached = scratch["scratch_steps_to_095"]
+            end = int(scratch["scratch_note"].split()[3]) if reached is None else reached
+            labels.append(f"{env_id.split('-')[0]} DQN from scratch" + ("" if reached else " (not reached)"))
+            values.append(end)
+            colours.append("tab:red" if reached else "mistyrose")
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1.2), dpi=80)
+    ax.barh(range(len(labels)), values, color=colours)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # a short log axis needs 1-2-5 ticks
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels on a short log axis overlap
+    ax.set(xlabel=f"env steps to normalized score {threshold} (log scale)",
+           title="Distillation vs the same student trained with RLlib DQN")
+    fig.tight_layout()
+    path = report_dir / "steps-to-095.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]

@@ -1,0 +1,91 @@
+"""The from-scratch baseline: the student's own network trained with RLlib DQN on the same env.
+
+It answers "how many env steps would this student need without a teacher?". Every evaluation
+exports the RLlib module to our MLP (the teacher-training path) and plays greedy episodes; the
+score is normalized with the teacher's and the random policy's returns from the teacher's model
+card, so it is on the same scale as the distillation runs. It stops at the threshold or a budget.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..envs import env_spaces
+from ..evaluation import run_episodes
+from ..policy_files import FrozenPolicy, PolicySpec
+from ..rllib_export import DEFAULTS, build_algo, export_mlp
+from ..scores import normalized_score
+
+EVAL_SEED = 2_000_000  # episodes disjoint from the teacher card's and the distillation runs' seeds
+
+
+@dataclass(frozen=True)
+class ScratchBudget:
+    max_env_steps: int = 100_000
+    max_wall_s: float = 600.0
+    eval_every_steps: int = 1_000
+    eval_episodes: int = 10
+    threshold: float = 0.95
+    lr: float = 1e-3  # the shipped CartPole DQN teacher's learning rate; other DQN settings are DEFAULTS
+
+
+def teacher_card(teacher_dir: Path) -> dict:
+    spec = json.loads((teacher_dir / "spec.json").read_text())
+    card = spec["model_card"]
+    return {"teacher_return": card["eval_return_mean"], "random_return": card["random_return_mean"],
+            "teacher_params": spec["num_params"]}
+
+
+def train_from_scratch(env_id: str, hidden: tuple[int, ...], teacher_dir: Path, budget: ScratchBudget,
+                       seed: int = 0) -> dict:
+    """Train until the greedy normalized score reaches ``budget.threshold`` or the budget ends.
+
+    Returns the curve (env steps, wall s, score per evaluation) and the first crossing, if any."""
+    import ray
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+    torch.set_num_threads(1)
+    card = teacher_card(teacher_dir)
+    spaces = env_spaces(env_id)
+    obs_dim = int(np.prod(spaces.obs_shape))
+    network = {"kind": "mlp", "hidden": list(hidden), "activation": "relu"}
+    spec = PolicySpec("student", env_id, spaces.obs_shape, spaces.obs_dtype, spaces.num_actions, "q", network)
+    hparams = {**DEFAULTS["dqn"], "lr": budget.lr, "steps_per_iter": budget.eval_every_steps}
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=False)
+    algo = build_algo(env_id, "dqn", hidden, hparams, seed, 0)
+    curve: list[dict] = []
+    reached = None
+    start = time.monotonic()
+    try:
+        while True:
+            result = algo.train()
+            steps = int(result.get(ENV_RUNNER_RESULTS, {}).get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0))
+            net = export_mlp(algo.get_module(), "dqn", obs_dim, spaces.num_actions, list(hidden), "relu")
+            policy = FrozenPolicy(spec, net)
+            returns = run_episodes(env_id, policy.greedy_actions, budget.eval_episodes, EVAL_SEED)
+            score = normalized_score(returns.mean, card["teacher_return"], card["random_return"])
+            wall_s = time.monotonic() - start
+            curve.append({"env_steps": steps, "wall_s": round(wall_s, 2), "normalized_score": score,
+                          "return_mean": returns.mean})
+            print(f"[scratch {env_id} {list(hidden)}] env_steps {steps:7d}  score {score:6.3f}  {wall_s:6.1f}s", flush=True)
+            if score >= budget.threshold:
+                reached = curve[-1]
+                break
+            if steps >= budget.max_env_steps or wall_s >= budget.max_wall_s:
+                break
+    finally:
+        algo.stop()
+        if started_ray:
+            ray.shutdown()
+    return {"env_id": env_id, "hidden": list(hidden), "algorithm": "rllib-dqn", "hparams": hparams, "seed": seed,
+            "budget": asdict(budget), **card, "curve": curve,
+            "env_steps_to_threshold": reached["env_steps"] if reached else None,
+            "wall_s_to_threshold": reached["wall_s"] if reached else None,
+            "env_steps_end": curve[-1]["env_steps"] if curve else 0, "wall_s_end": curve[-1]["wall_s"] if curve else 0.0}

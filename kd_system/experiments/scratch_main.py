@@ -1,0 +1,30 @@
+"""Subprocess entry for one from-scratch baseline, so its Ray instance lives and dies with it."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import load_config, resolve_teacher_path
+from .grid import shipped_config_name
+from .scratch import ScratchBudget, train_from_scratch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--env", required=True)
+    parser.add_argument("--hidden", required=True, help="comma-separated widths")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--budget", default="{}", help="ScratchBudget fields as JSON")
+    args = parser.parse_args()
+    teacher_dir = resolve_teacher_path(load_config(shipped_config_name(args.env)).teacher.checkpoint)
+    hidden = tuple(int(w) for w in args.hidden.split(","))
+    result = train_from_scratch(args.env, hidden, teacher_dir, ScratchBudget(**json.loads(args.budget)))
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)  # the file appears whole or not at all: its presence means "done"
+
+
+if __name__ == "__main__":
+    main()
