@@ -29,5 +29,5 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
 fi
 echo "install-local: installing kd_system and its dependencies"
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -m pip install -q -e ".[test,cluster]"
 echo "install-local: ready ($("$VENV/bin/kd-system" --help >/dev/null && echo kd-system OK))"

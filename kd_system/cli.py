@@ -16,6 +16,7 @@ from .errors import KDError
 def _run(args: argparse.Namespace) -> int:
     from . import head
     from .config import load_config
+    from .env_refs import with_secrets
     from .run_dir import RunDirectory
 
     if args.resume:
@@ -27,12 +28,13 @@ def _run(args: argparse.Namespace) -> int:
         name = config.head.run_name or f"{config.env.id.replace('/', '_').lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
         from .preparation import prepare
         prepare(config)  # fail on a bad env, teacher or Redis before creating anything on disk
-        if config.store.redis_url is not None:
+        url = with_secrets(config).store.redis_url
+        if url is not None:
             from .store import ReplayStore
-            ReplayStore(config.store.redis_url, "connection-check", config.store.capacity_states,
-                        config.store.chunk_states).close()
+            ReplayStore(url, "connection-check", config.store.capacity_states, config.store.chunk_states).close()
         run = RunDirectory.create(config.head.runs_dir, name, config)
-    summary = head.run(config, run, address=args.address, resumed=bool(args.resume))
+    # The run directory keeps env:NAME references; the processes get what they name.
+    summary = head.run(with_secrets(config), run, address=args.address, resumed=bool(args.resume))
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -3,16 +3,20 @@ with what resources, on which nodes. Components themselves are plain classes."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 
 from .acting import TeacherShareSchedule
+from .cluster_info import actors_per_task
 from .collector import Collector, CollectorSettings
 from .config import RunConfig, limiter_of
 from .errors import KDError
 from .evaluator import Evaluator
+from .metrics import say
 from .learner import Learner
 from .policy_files import PolicyBundle, PolicySpec
 from .store import StoreAddress
@@ -22,22 +26,38 @@ _WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARAL
 
 
 def connect_ray(address: str | None) -> bool:
-    """Join a cluster at ``address`` or start a local one; returns True if this process started Ray."""
+    """Join the cluster at ``address`` (else at $RAY_ADDRESS, which Ray sets for a job's driver) or
+    start a local one; returns True if this process connected Ray (and so shuts it down)."""
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                               "runtime_env": {"env_vars": _WORKER_ENV}}
-    if address:
+    where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS', '')}"
+    if address or os.environ.get("RAY_ADDRESS"):
         try:
-            ray.init(address=address, **kwargs)
+            ray.init(address=address, **kwargs)  # address None: ray.init reads RAY_ADDRESS
+        except ray.exceptions.AuthenticationError:
+            raise KDError(f"the Ray cluster at {where} refused this process's token: set RAY_AUTH_MODE=token and "
+                          "RAY_AUTH_TOKEN to the cluster's token (deploy/README.md)") from None
         except (ConnectionError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise KDError(f"cannot join the Ray cluster at --address {address} ({first}); "
+            raise KDError(f"cannot join the Ray cluster at {where} ({first}); "
                           "start it with `ray start --head` or fix the address") from None
-        return True
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    ray.init(**kwargs)
+    else:
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        ray.init(**kwargs)
+    _interrupt_on_sigterm()
     return True
+
+
+def _interrupt_on_sigterm() -> None:
+    """ray.init makes SIGTERM exit at once; make it act like Ctrl-C instead, so that `docker stop`,
+    Kubernetes and `ray job stop` end a run with a last snapshot, a final evaluation and a summary."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _placed(component: type) -> Any:
@@ -64,7 +84,14 @@ class Components:
 def learner_gpus(config: RunConfig) -> float:
     if config.learner.device == "cpu":
         return 0.0
-    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    if ray.cluster_resources().get("GPU", 0) >= 1:
+        return 1.0
+    if config.learner.device == "cuda" and config.learner.ray_resource:
+        # Pinned to GPU nodes that are not up yet: asking for the GPU makes an autoscaler start one.
+        say(f"learner.device=cuda and no GPU in the cluster yet: the learner waits for a node offering "
+            f"{config.learner.ray_resource} with a GPU")
+        return 1.0
+    return 0.0
 
 
 def collector_settings(config: RunConfig, actor_id: int) -> CollectorSettings:
@@ -89,7 +116,7 @@ def make_collector(config: RunConfig, actor_id: int, store: StoreAddress, teache
 
 def start_components(config: RunConfig, store: StoreAddress, teacher: PolicyBundle,
                      student_spec: PolicySpec) -> Components:
-    collectors = [make_collector(config, i, store, teacher, student_spec) for i in range(config.actors.num_actors)]
+    collectors = [make_collector(config, i, store, teacher, student_spec) for i in range(actors_per_task(config))]
     gpus = learner_gpus(config)
     learner = _placed(Learner).options(num_cpus=config.learner.num_cpus, num_gpus=gpus,
                                        resources=_resources(config.learner.ray_resource)).remote(
