@@ -25,7 +25,8 @@ def _run(args: argparse.Namespace) -> int:
         run, config = RunDirectory.open_existing(args.resume, args.set)
     else:
         config = load_config(args.config, args.set)
-        name = config.head.run_name or f"{config.env.id.replace('/', '_').lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
+        label = "multitask" if config.tasks else config.env.id.replace('/', '_').lower()
+        name = config.head.run_name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
         from .preparation import prepare
         prepare(config)  # fail on a bad env, teacher or Redis before creating anything on disk
         url = with_secrets(config).store.redis_url

@@ -17,8 +17,8 @@ from .config import RunConfig, limiter_of
 from .errors import KDError
 from .evaluator import Evaluator
 from .metrics import say
-from .learner import Learner
-from .policy_files import PolicyBundle, PolicySpec
+from .learner import Learner, LearnerTask
+from .preparation import Prepared
 from .store import StoreAddress
 
 # Workers inherit these so that fractional-CPU actors do not each spawn a full thread pool.
@@ -76,8 +76,9 @@ def _resources(name: str | None) -> dict[str, float]:
 @dataclass
 class Components:
     collectors: list[Any]
+    collector_tasks: list[int]  # the task index each collector works for
     learner: Any
-    evaluator: Any
+    evaluators: list[Any]  # one per task
     learner_num_gpus: float
 
 
@@ -94,48 +95,55 @@ def learner_gpus(config: RunConfig) -> float:
     return 0.0
 
 
-def collector_settings(config: RunConfig, actor_id: int) -> CollectorSettings:
+def collector_settings(config: RunConfig, actor_id: int, task_index: int = 0) -> CollectorSettings:
     a = config.actors
-    return CollectorSettings(actor_id=actor_id, env_id=config.env.id, num_envs=a.envs_per_actor,
+    return CollectorSettings(actor_id=actor_id, env_id=config.task_list()[task_index].env, num_envs=a.envs_per_actor,
                              epsilon=a.epsilon, chunk_states=config.store.chunk_states,
                              chunks_per_write=a.chunks_per_write, torch_threads=a.torch_threads,
-                             seed=config.head.seed * 100_003 + 1_000 * (actor_id + 1),
+                             seed=config.head.seed * 100_003 + 1_000 * (actor_id + 1), task_id=task_index,
                              acting=a.acting, weights_refresh_steps=a.weights_refresh_steps,
                              teacher_share=TeacherShareSchedule(a.teacher_share_start, a.teacher_share_end,
                                                                 a.teacher_share_decay_updates),
                              limiter=limiter_of(config))
 
 
-def make_collector(config: RunConfig, actor_id: int, store: StoreAddress, teacher: PolicyBundle,
-                   student_spec: PolicySpec) -> Any:
+def make_collector(config: RunConfig, actor_id: int, task_index: int, prepared: Prepared,
+                   stores: list[StoreAddress]) -> Any:
     # No Ray-level restarts: the head replaces a dead collector itself, with fresh arguments.
+    task = prepared.tasks[task_index]
     remote_cls = _placed(Collector).options(num_cpus=config.actors.num_cpus,
                                             resources=_resources(config.actors.ray_resource))
-    return remote_cls.remote(collector_settings(config, actor_id), store, teacher, student_spec)
+    return remote_cls.remote(collector_settings(config, actor_id, task_index), stores[task_index], task.teacher,
+                             task.student_spec)
 
 
-def start_components(config: RunConfig, store: StoreAddress, teacher: PolicyBundle,
-                     student_spec: PolicySpec) -> Components:
-    collectors = [make_collector(config, i, store, teacher, student_spec) for i in range(actors_per_task(config))]
+def start_components(config: RunConfig, prepared: Prepared, stores: list[StoreAddress]) -> Components:
+    """``actors.num_actors`` collectors per task, one learner, one evaluator per task."""
+    per_task = actors_per_task(config, len(prepared.tasks))  # a fixed number, or what the cluster has room for
+    collector_tasks = [t for t in range(len(prepared.tasks)) for _ in range(per_task)]
+    collectors = [make_collector(config, i, t, prepared, stores) for i, t in enumerate(collector_tasks)]
     gpus = learner_gpus(config)
+    learner_tasks = [LearnerTask(store, task.student_spec, task.teacher.spec.output_kind)
+                     for store, task in zip(stores, prepared.tasks)]
     learner = _placed(Learner).options(num_cpus=config.learner.num_cpus, num_gpus=gpus,
                                        resources=_resources(config.learner.ray_resource)).remote(
-        config.learner, store, student_spec, teacher.spec.output_kind, limiter_of(config))
-    evaluator = _placed(Evaluator).options(num_cpus=config.head.evaluator_num_cpus).remote(
-        config.env.id, teacher, config.head.heldout_states)
-    return Components(collectors, learner, evaluator, gpus)
+        config.learner, learner_tasks, limiter_of(config))
+    evaluators = [_placed(Evaluator).options(num_cpus=config.head.evaluator_num_cpus).remote(
+        task.env_id, task.teacher, config.head.heldout_states, temperature=config.learner.temperature,
+        student_temperature=config.learner.student_temperature) for task in prepared.tasks]
+    return Components(collectors, collector_tasks, learner, evaluators, gpus)
 
 
 def placement(components: Components) -> dict[str, Any]:
     """Node id of every component, for the summary and for tests of multi-node placement."""
     return {"learner": ray.get(components.learner.node_id.remote()),
-            "evaluator": ray.get(components.evaluator.node_id.remote()),
+            "evaluator": ray.get(components.evaluators[0].node_id.remote()),
             "actors": ray.get([c.node_id.remote() for c in components.collectors]),
             "head": ray.get_runtime_context().get_node_id()}
 
 
 def stop_components(components: Components) -> None:
-    for handle in [*components.collectors, components.learner, components.evaluator]:
+    for handle in [*components.collectors, components.learner, *components.evaluators]:
         try:
             ray.kill(handle, no_restart=True)
         except Exception:  # already dead: nothing to stop
