@@ -10,7 +10,8 @@
 #   run [ARGS...]         `kd-system run ARGS $KD_RUN_ARGS` on a node of a running cluster, with
 #                         the replay store and runs directory of this deployment
 #   health redis|head     exit 0 when that service answers (container healthchecks)
-#   anything else         is run as a command (`docker run IMAGE bash`, the container of `ray up`)
+#   anything else         is run as a command, with the settings below (`docker run IMAGE bash`,
+#                         the container of `ray up`, `kd-entrypoint ray status` on a node)
 #
 # Settings are environment variables (documented in .env.example); KD_ENV_FILE names a file of
 # NAME=VALUE lines to read them from. redis, head and worker stay in the foreground, as a container
@@ -228,6 +229,13 @@ role_health() {
   esac
 }
 
+pass_through() {
+  # Any other command, with the deployment's settings: `KD_ENV_FILE=~/kd.env kd-entrypoint ray status`
+  # works on a `ray up` node, and `docker run IMAGE bash` starts a shell.
+  [ -z "${RAY_AUTH_TOKEN:-}" ] || export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+  exec "$@"
+}
+
 main() {
   [ $# -gt 0 ] || fail "name a role: redis, head [run ARGS], worker, run [ARGS] or health redis|head"
   local role="$1"
@@ -238,7 +246,7 @@ main() {
     worker) load_env_file; role_worker "$@" ;;
     run)    load_env_file; role_run "$@" ;;
     health) load_env_file; role_health "$@" ;;
-    *)      exec "$role" "$@" ;;
+    *)      load_env_file; pass_through "$role" "$@" ;;
   esac
 }
 

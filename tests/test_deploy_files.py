@@ -118,8 +118,17 @@ def test_compose_run_settings_are_valid_kd_system_settings():
     assert config.head.run_name is None
 
 
+def test_compose_resume_override_resumes_the_named_run_from_the_runs_volume():
+    override = load_yaml("deploy/compose.resume.yml")
+    assert set(override["services"]) == {"ray-head"}
+    command = override["services"]["ray-head"]["command"]
+    assert command[:2] == ["head", "run"] and len(command) == 3
+    assert command[2].startswith(f"--resume={RUNS_DIR}/${{KD_RUN_NAME:?")  # required, no default
+
+
 def test_env_example_names_every_compose_variable_and_holds_no_secret():
-    compose_vars = set(re.findall(r"\$\{(\w+)", (REPO / "docker-compose.yml").read_text()))
+    compose_vars = set(re.findall(r"\$\{(\w+)", (REPO / "docker-compose.yml").read_text()
+                                  + (REPO / "deploy" / "compose.resume.yml").read_text()))
     example = dict(line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines()
                    if line and not line.startswith("#"))
     assert compose_vars <= set(example), sorted(compose_vars - set(example))

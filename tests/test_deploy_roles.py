@@ -6,6 +6,7 @@ this module starts is stopped at the end, also when a test fails."""
 from __future__ import annotations
 
 import json
+import signal
 import secrets
 import shutil
 import subprocess
@@ -172,3 +173,25 @@ def test_ray_job_submit_runs_the_head_process_and_ray_job_stop_keeps_its_checkpo
     placement = summary["placement"]
     assert len(placement["actors"]) == 1 and placement["learner"] not in placement["actors"]
     assert d.password not in job("logs")
+
+
+def test_head_run_chain_runs_the_head_process_beside_rays_head_and_stops_on_sigterm(deployment):
+    """What the compose ray-head service runs: `head run ARGS` on a second, one-node cluster. A
+    SIGTERM (docker compose stop) reaches the run first, which snapshots and writes its summary."""
+    d = deployment
+    env = d.env | {"KD_RAY_PORT": str(free_port()), "KD_DASHBOARD_PORT": str(free_port()), "KD_NUM_CPUS": "2",
+                   "KD_NODE_RESOURCES": '{"kd_actor": 1, "kd_learner": 1}', "KD_RAY_START_ARGS": d.ports_args()}
+    run_dir = d.runs / "chain"
+    args = [*SHORT, "--set", "head.run_name=chain", "--set", "actors.num_actors=1", "--set", "head.max_wall_s=1800"]
+    with open(d.root / "chain.log", "w") as log:
+        chain = subprocess.Popen(["bash", str(ENTRYPOINT), "head", "run", *args], env=env, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    d.processes.append(chain)  # stopped by the fixture too if this test fails
+    wait_until(lambda: chain.poll() is not None or any((run_dir / "checkpoints").glob("update-*")), 600,
+               "the chained run's first snapshot")
+    assert chain.poll() is None, (d.root / "chain.log").read_text()[-4000:]
+    chain.send_signal(signal.SIGTERM)
+    assert chain.wait(timeout=400) == 0, (d.root / "chain.log").read_text()[-4000:]
+    summary = read_summary(run_dir)
+    assert summary["stop_reason"] == "interrupted" and summary["learner_updates"] > 0
+    wait_until(lambda: not group_alive(chain.pid), 60, "the chain's Ray head to stop")

@@ -121,12 +121,16 @@ def test_entrypoint_reads_its_env_file_without_running_it(tmp_path):
     assert result.returncode == 2 and "REDIS_PASSWORD must be 16 or more" in result.stderr
     assert not marker.exists()
     shown = entrypoint("bash", "-c", 'echo "$KD_RUN_ARGS"', env=clean_env(KD_ENV_FILE=str(env_file)))
-    assert shown.returncode == 0 and shown.stdout == "\n"  # other commands do not read it
+    assert shown.returncode == 0 and shown.stdout == "--set a=1 --set b=2\n" and not marker.exists()
 
 
-def test_entrypoint_runs_any_other_command_as_given():
+def test_entrypoint_runs_any_other_command_as_given_with_the_deployment_settings():
     result = entrypoint("echo", "hello", "world", env=clean_env())
     assert result.returncode == 0 and result.stdout == "hello world\n"
+    env = clean_env(RAY_AUTH_TOKEN="t" * 16)
+    del env["RAY_AUTH_MODE"]
+    mode = entrypoint("bash", "-c", 'echo "$RAY_AUTH_MODE"', env=env)
+    assert mode.stdout == "token\n"  # Ray's CLI on a node then talks to the token-protected cluster
 
 
 def test_entrypoint_health_fails_when_nothing_answers():
