@@ -270,6 +270,9 @@ class Head:
         finals = ray.get([e.evaluate.remote(b, cfg.final_eval_episodes, FINAL_EVAL_SEED)
                           for e, b in zip(components.evaluators, bundles)])
         tasks = [task_summary(task, base, final) for task, base, final in zip(self.prepared.tasks, baselines, finals)]
+        final_report = combine_reports(self.task_names, finals)
+        self.metrics.log("final_eval", self.counters.updates,
+                         {k: v for k, v in final_report.items() if k != "student_returns"} | {"snapshot": self.best["path"]})
         bytes_stored = sum(stats["bytes_stored"] for stats in store_stats)
         states_stored = sum(stats["states_stored"] for stats in store_stats)
         summary = {

@@ -44,7 +44,7 @@ def test_short_default_run_then_resume(tmp_path):
     assert Path(summary["best_checkpoint"]).is_dir()
     assert summary["teacher_return_mean"] > summary["random_return_mean"]
     kinds = {record["kind"] for record in read_jsonl(run_dir / "metrics.jsonl")}
-    assert {"learner", "progress", "baselines", "summary"} <= kinds
+    assert {"learner", "progress", "final_eval", "summary"} <= kinds
     assert any((run_dir / "tensorboard").iterdir())
     assert "states" in first.stdout and "updates" in first.stdout  # live progress lines
 
