@@ -139,11 +139,10 @@ role_head() {
 }
 
 wait_for_head() {
-  local address="$1" ray_pid="$2" tries=0
+  local address="$1" ray_pid="$2" deadline=$((SECONDS + 300))
   until timeout 10 ray health-check --address "$address" >/dev/null 2>&1; do
     kill -0 "$ray_pid" 2>/dev/null || fail "the Ray head exited during start-up; see the lines above"
-    tries=$((tries + 1))
-    [ "$tries" -lt 240 ] || fail "the Ray head at $address did not answer within 2 minutes"
+    [ "$SECONDS" -lt "$deadline" ] || fail "the Ray head at $address did not answer within 5 minutes; see the lines above"
     sleep 0.5
   done
 }

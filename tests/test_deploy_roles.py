@@ -45,6 +45,7 @@ class LocalDeployment:
             KD_RAY_PORT=str(self.gcs_port), KD_DASHBOARD_HOST="127.0.0.1", KD_DASHBOARD_PORT=str(self.dashboard_port),
             KD_RUNS_DIR=str(self.runs))
         self.processes: list[subprocess.Popen] = []
+        self.head_node = self.worker_node = None  # Ray node ids, once both have joined
 
     def ports_args(self) -> str:
         # Every port Ray would otherwise take from its fixed defaults, so this cluster cannot
@@ -76,6 +77,15 @@ class LocalDeployment:
     def ray_cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(["ray", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
 
+    def node_offering(self, resource: str) -> str | None:
+        """Id of the alive node that offers ``resource``, from Ray's state API."""
+        listed = self.ray_cli("list", "nodes", "--address", f"http://127.0.0.1:{self.dashboard_port}",
+                              "--format", "json", "--detail")
+        # until the dashboard has its first node table it prints "No resource in the cluster"
+        nodes = json.loads(listed.stdout) if listed.stdout.startswith("[") else []
+        found = [n["node_id"] for n in nodes if n["state"] == "ALIVE" and resource in n["resources_total"]]
+        return found[0] if found else None
+
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
@@ -89,9 +99,10 @@ def deployment(tmp_path_factory):
         assert head.poll() is None, (d.root / "head.log").read_text()[-3000:]
         worker = d.start("worker", "worker.log", KD_RAY_HEAD=f"127.0.0.1:{d.gcs_port}", KD_NUM_CPUS="3",
                          KD_NODE_RESOURCES='{"kd_actor": 1}', KD_RAY_START_ARGS=d.ports_args())
-        wait_until(lambda: worker.poll() is not None or "Ray runtime started" in (d.root / "worker.log").read_text(),
+        wait_until(lambda: worker.poll() is not None or d.node_offering("kd_actor") is not None,
                    300, "the worker role to join the head")
         assert worker.poll() is None, (d.root / "worker.log").read_text()[-3000:]
+        d.head_node, d.worker_node = d.node_offering("kd_learner"), d.node_offering("kd_actor")
         yield d
     finally:
         left = d.stop()
@@ -128,8 +139,8 @@ def test_run_role_distils_with_auto_actors_on_the_worker(deployment):
     placement = summary["placement"]
     # auto: the worker's 3 CPUs in shares of actors.num_cpus=1, one held back for the evaluator
     # (the learner is pinned to the head's kd_learner)
-    assert len(placement["actors"]) == 2
-    assert len(set(placement["actors"])) == 1 and placement["learner"] not in placement["actors"]
+    assert placement["actors"] == [deployment.worker_node] * 2
+    assert placement["learner"] == deployment.head_node
     assert summary["learner_updates"] >= 200 and summary["states_labelled"] > 0
     assert "actors.num_actors=auto: 2 actors" in result.stderr
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -171,7 +182,7 @@ def test_ray_job_submit_runs_the_head_process_and_ray_job_stop_keeps_its_checkpo
     assert summary["stop_reason"] == "interrupted", job("logs")[-3000:]
     assert summary["learner_updates"] > 0 and any((run_dir / "checkpoints").glob("update-*"))
     placement = summary["placement"]
-    assert len(placement["actors"]) == 1 and placement["learner"] not in placement["actors"]
+    assert placement["actors"] == [d.worker_node] and placement["learner"] == placement["head"] == d.head_node
     assert d.password not in job("logs")
 
 
