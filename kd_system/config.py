@@ -80,6 +80,7 @@ class LearnerConfig:
     prefetch_threads: int = 1
     chunks_per_sample: int = 4
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     num_cpus: float = 0.5
     torch_threads: int = 1
     ray_resource: str | None = None  # custom Ray node resource the learner requires
@@ -349,6 +350,8 @@ def validate(config: RunConfig) -> None:
     _require(lrn.temperature is None or lrn.temperature > 0, "learner.temperature must be > 0 (or null for the default)")
     _require(lrn.batch_size >= 1 and lrn.lr > 0, "learner.batch_size must be >= 1 and learner.lr > 0")
     _require(lrn.device in ("auto", "cpu", "cuda"), "learner.device must be auto, cpu or cuda")
+    _require(lrn.precision in ("auto", "fp32", "bf16"), "learner.precision must be auto (bf16 on CUDA, fp32 on CPU), "
+             "fp32 or bf16")
     check_deadlock_free(limiter_of(config), lrn.batch_size, s.chunk_states * a.chunks_per_write, s.capacity_states)
     _require(lrn.prefetch_batches >= 1 and lrn.prefetch_threads >= 1 and lrn.chunks_per_sample >= 1,
              "learner.prefetch_batches, prefetch_threads and chunks_per_sample must be >= 1")

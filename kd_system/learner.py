@@ -37,6 +37,15 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where it pays (CUDA tensor cores) unless asked otherwise; fp32 elsewhere.
+
+    bf16 keeps fp32's exponent range, so unlike fp16 it needs no loss scaling."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
 def build_students(specs: list[PolicySpec]) -> list[torch.nn.Module]:
     """One network per task; with several tasks they share their trunk (see SharedTrunkMLPs)."""
     if len(specs) == 1:
@@ -64,6 +73,7 @@ class Learner:
         self.config = config
         self.tasks = list(tasks)
         self.device = pick_device(config.device)
+        self.autocast_dtype = autocast_dtype(config.precision, self.device)
         self.students = [s.to(self.device) for s in build_students([t.student_spec for t in self.tasks])]
         self.parameters = unique_parameters(self.students)
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -91,8 +101,11 @@ class Learner:
                                 for i, store in enumerate(self.stores)]
 
     def _update(self, batches: list[dict[str, torch.Tensor]]) -> float:
-        loss = sum(fn(student(batch["obs"]), batch["teacher_out"])
-                   for fn, student, batch in zip(self.loss_fns, self.students, batches))
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            outputs = [student(batch["obs"]) for student, batch in zip(self.students, batches)]
+        # Losses in fp32: the KL at tau=0.01 divides Q-values by 0.01, which bf16 would round badly.
+        loss = sum(fn(out.float(), batch["teacher_out"]) for fn, out, batch in zip(self.loss_fns, outputs, batches))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip_norm)
@@ -141,6 +154,7 @@ class Learner:
             "wait_input_frac": wait_input_s / elapsed,
             "wait_limiter_frac": wait_limiter_s / elapsed,
             "device": self.device.type,
+            "precision": "bf16" if self.autocast_dtype is not None else "fp32",
         }
 
     def publish(self) -> int:

@@ -92,6 +92,21 @@ def test_learner_distils_from_the_store_and_publishes_weights(address, teacher):
         component.close()
 
 
+def test_learner_bf16_autocast_trains_with_fp32_losses(address, teacher):
+    """precision=bf16 runs the student's forward under autocast (here the CPU's); auto stays fp32 on CPU."""
+    collector = Collector(collector_settings(), address, teacher)
+    collector.collect(0.3)
+    assert make_learner(address, teacher).autocast_dtype is None  # auto on CPU
+    learner = make_learner(address, teacher, temperature=1.0, precision="bf16")
+    reports = [learner.train(0.3) for _ in range(4)]  # the limiter caps updates at 32 samples per state
+    losses = [r["loss"] for r in reports if r["loss"] is not None]
+    assert reports[0]["precision"] == "bf16" and reports[-1]["updates"] > 0
+    assert losses and all(np.isfinite(losses))
+    assert all(p.dtype == torch.float32 for p in learner.parameters)  # master weights stay fp32
+    for component in (collector, learner):
+        component.close()
+
+
 def test_learner_waits_for_min_states_instead_of_overfitting(address, teacher):
     learner = make_learner(address, teacher)
     report = learner.train(0.3)
