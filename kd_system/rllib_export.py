@@ -53,12 +53,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_algo(env_id: str, algorithm: str, hidden, hp: dict[str, Any], seed: int, num_env_runners: int):
-    """An RLlib DQN (double-Q, n-step, no dueling) or PPO (separate value net) on the new API stack."""
+def mlp_model_config(hidden) -> dict[str, Any]:
+    return {"fcnet_hiddens": list(hidden), "fcnet_activation": "relu", "head_fcnet_hiddens": []}
+
+
+def build_algo(env: str, env_config: dict[str, Any], algorithm: str, model: dict[str, Any], hp: dict[str, Any],
+               seed: int, num_env_runners: int):
+    """An RLlib DQN (double-Q, n-step, no dueling) or PPO on the new API stack.
+
+    ``env`` is a Gymnasium id or a name registered with ``ray.tune.registry.register_env``."""
     from ray.rllib.algorithms.dqn import DQNConfig
     from ray.rllib.algorithms.ppo import PPOConfig
 
-    model = {"fcnet_hiddens": list(hidden), "fcnet_activation": "relu", "head_fcnet_hiddens": []}
     runners = dict(num_env_runners=num_env_runners, num_envs_per_env_runner=int(hp["num_envs_per_runner"]))
     if algorithm == "dqn":
         eps_final = float(hp["epsilon_final"])
@@ -76,7 +82,7 @@ def build_algo(env_id: str, algorithm: str, hidden, hp: dict[str, Any], seed: in
                             clip_param=hp["clip_param"], num_epochs=int(hp["num_epochs"]), use_kl_loss=False,
                             minibatch_size=int(hp["minibatch_size"]), train_batch_size_per_learner=int(hp["train_batch_size"]),
                             vf_loss_coeff=hp["vf_loss_coeff"], vf_clip_param=hp["vf_clip_param"], grad_clip=hp["grad_clip"]))
-    config = (config.environment(env_id).framework("torch").rl_module(model_config=model)
+    config = (config.environment(env, env_config=env_config).framework("torch").rl_module(model_config=model)
               .debugging(seed=seed, log_level="ERROR"))
     return config.build_algo()
 
@@ -154,9 +160,11 @@ def sample_observations(obs_space, count: int, seed: int) -> np.ndarray:
 
 @torch.no_grad()
 def verify_export(module: nn.Module, algorithm: str, ours: nn.Module, obs: np.ndarray,
-                  tolerance: float = EXPORT_TOLERANCE) -> float:
-    """Max abs difference between our network and RLlib's forward; raises if above ``tolerance``."""
-    expected = rllib_outputs(module, algorithm, obs)
+                  tolerance: float = EXPORT_TOLERANCE, to_rllib=None) -> float:
+    """Max abs difference between our network and RLlib's forward; raises if above ``tolerance``.
+
+    ``obs`` are in our network's layout; ``to_rllib`` maps them to RLlib's (identity if None)."""
+    expected = rllib_outputs(module, algorithm, obs if to_rllib is None else to_rllib(obs))
     got = ours(torch.as_tensor(obs)).float().numpy()
     if expected.shape != got.shape:
         raise CheckpointError(f"export check failed: RLlib outputs {expected.shape}, ours {got.shape}")

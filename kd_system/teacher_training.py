@@ -19,12 +19,15 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from .atari import is_atari_id
 from .envs import check_env_id, env_spaces, make_env
 from .errors import ConfigError
 from .evaluation import random_act_fn, run_episodes
-from .networks import build_network, count_parameters
+from .networks import CNN_PRESETS, build_network, cnn_spec, count_parameters
 from .policy_files import FrozenPolicy, PolicySpec, save_policy
-from .rllib_export import ALGORITHMS, DEFAULTS, HPARAMS, build_algo, export_mlp, sample_observations, verify_export
+from .rllib_atari import ATARI_DEFAULTS, cnn_model_config, export_cnn, register_training_env, to_rllib_obs
+from .rllib_export import (ALGORITHMS, DEFAULTS, HPARAMS, build_algo, export_mlp, mlp_model_config,
+                           sample_observations, verify_export)
 
 def _flag(name: str) -> str:
     return "--" + name.rstrip("_").replace("_", "-")
@@ -35,7 +38,8 @@ class TeacherTrainConfig:
     env_id: str
     algorithm: str
     out_dir: str
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = (256, 256)  # MLP teachers (flat observations)
+    preset: str = "nature"  # CNN teachers (Atari frame stacks): networks.CNN_PRESETS
     max_env_steps: int = 200_000
     max_wall_s: float = 3600.0
     target_return: Optional[float] = None
@@ -54,6 +58,8 @@ class TeacherTrainConfig:
             raise ConfigError(f"algorithm: {self.algorithm!r} is not supported; use one of {', '.join(ALGORITHMS)}")
         if not self.out_dir:
             raise ConfigError("out_dir: give the directory to write the teacher to")
+        if is_atari_id(self.env_id) and self.preset not in CNN_PRESETS:
+            raise ConfigError(f"preset: {self.preset!r} is not a CNN preset; use one of {', '.join(CNN_PRESETS)}")
         if not self.hidden or any(int(h) <= 0 for h in self.hidden):
             raise ConfigError(f"hidden: {list(self.hidden)} must be positive layer widths, e.g. 256,256")
         for name, low in [("max_env_steps", 1), ("max_wall_s", 1e-9), ("eval_episodes", 1), ("eval_every_iters", 1),
@@ -71,12 +77,19 @@ class TeacherTrainConfig:
                 raise ConfigError(f"hparams.{name}: {value!r} must be a finite number >= 0")
 
     def resolved_hparams(self) -> dict[str, Any]:
-        return {**DEFAULTS[self.algorithm], **self.hparams}
+        defaults = ATARI_DEFAULTS if is_atari_id(self.env_id) else DEFAULTS
+        return {**defaults[self.algorithm], **self.hparams}
+
+    def network(self) -> dict[str, Any]:
+        if is_atari_id(self.env_id):
+            return cnn_spec(self.preset)
+        return {"kind": "mlp", "hidden": [int(h) for h in self.hidden], "activation": "relu"}
 
     def command(self) -> str:
         """The ``kd-system teacher train`` command line equivalent to this config."""
         args = ["kd-system", "teacher", "train", "--env", self.env_id, "--algo", self.algorithm, "--out", self.out_dir,
-                "--hidden", ",".join(str(h) for h in self.hidden), "--max-env-steps", str(self.max_env_steps),
+                *(["--preset", self.preset] if is_atari_id(self.env_id) else ["--hidden", ",".join(str(h) for h in self.hidden)]),
+                "--max-env-steps", str(self.max_env_steps),
                 "--max-wall-s", f"{self.max_wall_s:g}", "--eval-episodes", str(self.eval_episodes),
                 "--eval-every-iters", str(self.eval_every_iters), "--select-episodes", str(self.select_episodes),
                 "--seed", str(self.seed), "--eval-seed", str(self.eval_seed),
@@ -106,12 +119,16 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
     check_obs = sample_observations(probe.observation_space, 512, cfg.seed)
     probe.close()
     obs_dim = int(np.prod(spaces.obs_shape))
-    network = {"kind": "mlp", "hidden": [int(h) for h in cfg.hidden], "activation": "relu"}
+    network = cfg.network()
+    atari = is_atari_id(cfg.env_id)
     output_kind = "q" if cfg.algorithm == "dqn" else "logits"
     spec = PolicySpec("teacher", cfg.env_id, spaces.obs_shape, spaces.obs_dtype, spaces.num_actions, output_kind, network)
 
     def export_now():  # -> (our verified network, max abs diff vs RLlib)
         module = algo.get_module()
+        if atari:
+            ours = export_cnn(module, cfg.algorithm, network, spaces.obs_shape, spaces.num_actions)
+            return ours, verify_export(module, cfg.algorithm, ours, check_obs, to_rllib=to_rllib_obs)
         ours = export_mlp(module, cfg.algorithm, obs_dim, spaces.num_actions, list(cfg.hidden), "relu")
         return ours, verify_export(module, cfg.algorithm, ours, check_obs)
 
@@ -126,7 +143,12 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
     start = time.monotonic()
     best: dict[str, Any] = {}
     select_seed = cfg.eval_seed + 1_000_000  # selection episodes never overlap the reported ones
-    algo = build_algo(cfg.env_id, cfg.algorithm, cfg.hidden, cfg.resolved_hparams(), cfg.seed, cfg.num_env_runners)
+    if atari:  # RLlib gets the teacher-training settings (life loss, clipped rewards) in its image layout
+        algo = build_algo(register_training_env(), {"env_id": cfg.env_id}, cfg.algorithm, cnn_model_config(network),
+                          cfg.resolved_hparams(), cfg.seed, cfg.num_env_runners)
+    else:
+        algo = build_algo(cfg.env_id, {}, cfg.algorithm, mlp_model_config(cfg.hidden), cfg.resolved_hparams(),
+                          cfg.seed, cfg.num_env_runners)
     try:
         iteration, steps, latest = 0, 0, float("nan")
         while True:
@@ -180,7 +202,8 @@ def _write_teacher(cfg: TeacherTrainConfig, spec: PolicySpec, best: dict, total_
         "train_env_steps_total": total_steps, "train_wall_s_total": round(total_wall, 1),
         "selected_iteration": best["iteration"], "selection_eval_mean": round(best["full"], 3),
         "export_max_abs_diff": best["diff"], "algorithm": cfg.algorithm, "rllib_version": ray.__version__,
-        "torch_version": torch.__version__, "hidden": list(cfg.hidden), "num_params": num_params,
+        "torch_version": torch.__version__, "network": spec.network, "num_params": num_params,
+        **({} if is_atari_id(cfg.env_id) else {"hidden": list(cfg.hidden)}),
         "weights_bytes": num_params * 4, "hparams": cfg.resolved_hparams(), "seed": cfg.seed,
         "command": cfg.command(), "created": datetime.date.today().isoformat(),
     }
@@ -190,6 +213,15 @@ def _write_teacher(cfg: TeacherTrainConfig, spec: PolicySpec, best: dict, total_
     print(f"[teacher {cfg.env_id}] wrote {out}: greedy {stats.mean:.2f} ± {stats.std:.2f} over {cfg.eval_episodes} "
           f"episodes (random {rand.mean:.2f}), {num_params} params", flush=True)
     return out
+
+
+def _network_text(spec: PolicySpec) -> str:
+    net = spec.network
+    if net["kind"] == "cnn":
+        convs = ", ".join(f"{c}x{k}x{k}/{s}" for c, k, s in zip(net["channels"], net["kernels"], net["strides"]))
+        return (f"CNN `{net.get('preset', 'custom')}` on {spec.obs_shape} uint8 frame stacks: conv {convs} "
+                f"→ fc {' → '.join(str(h) for h in net['fc'])} → {spec.num_actions}, ReLU")
+    return f"MLP {spec.obs_shape} → {' → '.join(str(h) for h in net['hidden'])} → {spec.num_actions}, ReLU"
 
 
 def _markdown(spec: PolicySpec, card: dict) -> str:
@@ -203,7 +235,7 @@ kd_system policy format and verified against RLlib's own forward (max abs diff {
 |---|---|
 | Greedy return ({card['eval_episodes']} episodes, seeds {card['eval_seed']}..) | **{card['eval_return_mean']:.2f} ± {card['eval_return_std']:.2f}** (min {card['eval_return_min']:.1f}) |
 | Random policy, same seeds | {card['random_return_mean']:.2f} ± {card['random_return_std']:.2f} |
-| Network | MLP {spec.obs_shape} → {' → '.join(str(h) for h in card['hidden'])} → {spec.num_actions}, ReLU; outputs {kind} |
+| Network | {_network_text(spec)}; outputs {kind} |
 | Parameters | {card['num_params']:,} ({card['weights_bytes'] / 1024:.0f} KiB float32) |
 | Env steps to the shipped weights | {card['train_env_steps']:,} ({card['train_wall_s']:.0f} s); run total {card['train_env_steps_total']:,} ({card['train_wall_s_total']:.0f} s) |
 | Created | {card['created']} |
@@ -227,7 +259,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--env", required=True, help="Gymnasium env id, e.g. CartPole-v1")
     p.add_argument("--algo", required=True, help="dqn (q teacher) or ppo (logits teacher)")
     p.add_argument("--out", required=True, help="output checkpoint directory")
-    p.add_argument("--hidden", default="256,256", help="hidden layer widths, comma separated")
+    p.add_argument("--hidden", default="256,256", help="MLP teachers: hidden layer widths, comma separated")
+    p.add_argument("--preset", default="nature", help=f"Atari teachers: CNN preset ({', '.join(CNN_PRESETS)})")
     p.add_argument("--max-env-steps", type=int, default=200_000)
     p.add_argument("--max-wall-s", type=float, default=3600.0)
     p.add_argument("--target-return", type=float, default=None, help="stop once greedy eval reaches this")
@@ -250,7 +283,7 @@ def _cli_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--hidden: {args.hidden!r} must be comma-separated integers, e.g. 256,256") from None
     hparams = {name: getattr(args, f"hp_{name}") for name in HPARAMS if getattr(args, f"hp_{name}") is not None}
     cfg = TeacherTrainConfig(env_id=args.env, algorithm=args.algo, out_dir=args.out, hidden=hidden,
-                             max_env_steps=args.max_env_steps, max_wall_s=args.max_wall_s,
+                             preset=args.preset, max_env_steps=args.max_env_steps, max_wall_s=args.max_wall_s,
                              target_return=args.target_return, eval_episodes=args.eval_episodes,
                              eval_every_iters=args.eval_every_iters, select_episodes=args.select_episodes,
                              seed=args.seed, eval_seed=args.eval_seed, num_env_runners=args.num_env_runners,

@@ -78,10 +78,10 @@ def ray_session():
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["dqn", "ppo"])
 def test_export_reproduces_rllib_module(ray_session, tmp_path, algorithm):
-    from kd_system.rllib_export import DEFAULTS, build_algo, export_mlp, rllib_outputs, sample_observations, verify_export
+    from kd_system.rllib_export import DEFAULTS, build_algo, mlp_model_config, export_mlp, rllib_outputs, sample_observations, verify_export
     import gymnasium as gym
 
-    algo = build_algo("CartPole-v1", algorithm, (32, 32), {**DEFAULTS[algorithm], **TINY[algorithm]}, 0, 0)
+    algo = build_algo("CartPole-v1", {}, algorithm, mlp_model_config((32, 32)), {**DEFAULTS[algorithm], **TINY[algorithm]}, 0, 0)
     try:
         algo.train()
         module = algo.get_module()

@@ -18,7 +18,7 @@ import torch
 from ..envs import env_spaces
 from ..evaluation import run_episodes
 from ..policy_files import FrozenPolicy, PolicySpec
-from ..rllib_export import DEFAULTS, build_algo, export_mlp
+from ..rllib_export import DEFAULTS, build_algo, export_mlp, mlp_model_config
 from ..scores import normalized_score
 
 EVAL_SEED = 2_000_000  # episodes disjoint from the teacher card's and the distillation runs' seeds
@@ -59,7 +59,7 @@ def train_from_scratch(env_id: str, hidden: tuple[int, ...], teacher_dir: Path, 
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=False)
-    algo = build_algo(env_id, "dqn", hidden, hparams, seed, 0)
+    algo = build_algo(env_id, {}, "dqn", mlp_model_config(hidden), hparams, seed, 0)
     curve: list[dict] = []
     reached = None
     start = time.monotonic()
