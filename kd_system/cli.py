@@ -1,4 +1,4 @@
-"""``kd-system``: run a distillation, resume one, evaluate a checkpoint, train a teacher.
+"""``kd-system``: run a distillation, resume one, evaluate a checkpoint, train a teacher, benchmark.
 
 Every user error is one line on stderr, naming the file or field and what to do, exit status 2.
 """
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_cli(commands)
     from .experiments.command import register_cli as register_experiment
     register_experiment(commands)
+    from .bench.command import register_cli as register_bench
+    register_bench(commands)
     return parser
 
 

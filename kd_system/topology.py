@@ -22,7 +22,7 @@ from .preparation import Prepared
 from .store import StoreAddress
 
 # Workers inherit these so that fractional-CPU actors do not each spawn a full thread pool.
-_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def connect_ray(address: str | None) -> bool:
@@ -31,7 +31,7 @@ def connect_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
-                              "runtime_env": {"env_vars": _WORKER_ENV}}
+                              "runtime_env": {"env_vars": WORKER_ENV}}
     where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS', '')}"
     if address or os.environ.get("RAY_ADDRESS"):
         try:

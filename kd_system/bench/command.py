@@ -1,0 +1,113 @@
+"""``kd-system bench``: run the chosen sections, print the side-by-side table, optionally write JSON.
+
+The sections that need no Ray (store, learner) run first, before Ray's own processes start
+taking CPU; the table lists sections in a fixed order whatever order they ran in.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from typing import Callable
+
+from ..metrics import say
+from .context import DEFAULT_ENV, SECTIONS, BenchContext, BenchOptions, parse_only
+
+RUN_ORDER = ("store", "learner", "actor", "scaling")
+RAY_SECTIONS = {"actor", "scaling"}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _section_runner(name: str) -> Callable:
+    if name == "actor":
+        from .actor_path import run_actor_path
+        return run_actor_path
+    if name == "store":
+        from .store_bench import run_store
+        return run_store
+    if name == "learner":
+        from .learner_bench import run_learner
+        return run_learner
+    from .scaling import run_scaling
+    return run_scaling
+
+
+def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
+    """Every figure of the chosen sections, with ratios, targets and machine facts (the JSON)."""
+    import ray
+    import torch
+
+    from .ray_collectors import start_local_ray
+    from .report import check_targets, store_vs_learner
+
+    load_start = os.getloadavg()[0]
+    ctx = BenchContext(options)
+    log(f"bench: {ctx.env_id}, teacher {ctx.teacher.source} ({ctx.teacher.params:,} params), "
+        f"sections {','.join(options.only)}")
+    results: dict = {"setup": {
+        "env_id": ctx.env_id, "teacher": ctx.teacher.source, "teacher_params": ctx.teacher.params,
+        "teacher_network": ctx.teacher.bundle.spec.network, "num_envs": ctx.num_envs, "seconds": options.seconds,
+        "warmup_s": options.warmup_s, "chunk_states": ctx.chunk_states, "sections": list(options.only)}}
+    started_ray = False
+    try:
+        ctx.start_redis()
+        if {"store", "learner"} & set(options.only):
+            log(f"bench: collecting labelled chunks of {ctx.chunk_states} states as a collector makes them ...")
+            ctx.labelled_chunks()
+        for name in (n for n in RUN_ORDER if n in options.only):
+            if name in RAY_SECTIONS and not ray.is_initialized():
+                log(f"bench: starting a local Ray with {ctx.cores} CPUs ...")
+                started_ray = start_local_ray(ctx.cores)
+            results[name] = _section_runner(name)(ctx, log)
+    finally:
+        if started_ray:
+            ray.shutdown()
+        ctx.close()
+    both = store_vs_learner(results)
+    if both is not None:
+        results["store_vs_learner"] = both
+    results["targets"], results["meets"] = check_targets(results)
+    results["machine"] = {"cores": ctx.cores, "cpu": _cpu_model(), "torch_version": torch.__version__,
+                          "torch_threads": ctx.threads, "load_average_start": load_start,
+                          "load_average_end": os.getloadavg()[0]}
+    ordered = {key: results[key] for key in ("setup", *SECTIONS, "store_vs_learner") if key in results}
+    return ordered | {key: results[key] for key in ("targets", "meets", "machine")}
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .report import render, write_json
+
+    options = BenchOptions(env_id=args.env, teacher=args.teacher, seconds=args.seconds, num_envs=args.num_envs,
+                           only=parse_only(args.only), json_path=args.json, redis_url=args.redis_url,
+                           torch_threads=args.torch_threads)
+    results = run_bench(options)
+    print(render(results), flush=True)
+    if args.json:
+        write_json(results, args.json)
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="throughput of actors, store, learner input and actor scaling, "
+                                            "side by side with their no-overhead baselines")
+    p.add_argument("--env", default=DEFAULT_ENV, help=f"env id (default {DEFAULT_ENV}; classic ids such as CartPole-v1 work too)")
+    p.add_argument("--teacher", metavar="PATH", help="teacher checkpoint directory (default: the shipped one for the env; "
+                                                     "for Atari without one, a random Nature-CNN: throughput ignores weights)")
+    p.add_argument("--seconds", type=float, default=5.0, help="each timed window, after a warm-up of half that (at most 2 s)")
+    p.add_argument("--num-envs", type=int, help="envs per actor (default 16 for Atari, actors.envs_per_actor otherwise)")
+    p.add_argument("--only", metavar="SECTIONS", help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    p.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
+    p.add_argument("--redis-url", help="use this Redis (default: start a private redis-server on a free port)")
+    p.add_argument("--torch-threads", type=int, help="torch threads of the single actor, the ideal and the naive "
+                                                     "loop (default: actors.torch_threads, 1; scaling divides them among actors)")
+    p.set_defaults(func=_bench)

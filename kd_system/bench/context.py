@@ -1,0 +1,214 @@
+"""What every measurement shares: the options, the env and teacher (and which teacher), the
+student, the Redis server, a run config shaped like a real run's, and labelled chunks collected
+once up front for the store and learner sections."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..atari import is_atari_id, student_network_for
+from ..collector import Collector
+from ..config import PACKAGE_DIR, ActorConfig, EnvConfig, RunConfig, StoreConfig
+from ..envs import EnvSpaces, check_env_id, env_spaces
+from ..errors import CheckpointError, ConfigError, StoreError
+from ..loss_spec import student_output_kind
+from ..networks import build_network, cnn_spec, count_parameters
+from ..policy_files import PolicyBundle, PolicySpec, load_bundle
+from ..preparation import Prepared, PreparedTask
+from ..store import LocalRedisServer, ReplayStore, StoreAddress
+from ..topology import collector_settings
+from .timing import torch_threads
+
+SECTIONS = ("actor", "store", "learner", "scaling")
+DEFAULT_ENV = "ALE/Pong-v5"
+ATARI_NUM_ENVS = 16  # DESIGN.md section 2: ale-py's vector env is measured at 16 envs
+MAX_WARMUP_S = 2.0
+RANDOM_TEACHER_SEED = 0
+# Chunks for the store and learner sections: the first few are dropped so Atari frames come from
+# play, not the near-static frames after a reset (they compress better than the game does).
+DISCARD_CHUNKS = 4
+KEEP_CHUNKS = 8
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    env_id: str = DEFAULT_ENV
+    teacher: str | None = None  # a checkpoint directory; None: the shipped one, else random weights
+    seconds: float = 5.0  # each timed window
+    num_envs: int | None = None  # None: 16 for Atari, actors.envs_per_actor otherwise
+    only: tuple[str, ...] = SECTIONS
+    json_path: str | None = None
+    redis_url: str | None = None  # None: a private redis-server on a free port
+    # None: actors.torch_threads as a run sets it (1). More threads than free cores make torch's
+    # thread pool wait on descheduled threads: on a busy 2-core machine a 2-thread forward of a
+    # small MLP was measured ~30x slower than a 1-thread one.
+    torch_threads: int | None = None
+
+    @property
+    def warmup_s(self) -> float:
+        return min(MAX_WARMUP_S, self.seconds / 2)
+
+
+def parse_only(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return SECTIONS
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names:
+        raise ConfigError(f"--only: unknown section {unknown[0] if unknown else text!r}; "
+                          f"give a comma-separated subset of {','.join(SECTIONS)}")
+    return tuple(name for name in SECTIONS if name in names)  # always in the same order
+
+
+def check_options(options: BenchOptions) -> None:
+    if not options.seconds > 0:
+        raise ConfigError(f"--seconds {options.seconds} must be positive")
+    if options.num_envs is not None and options.num_envs < 1:
+        raise ConfigError(f"--num-envs {options.num_envs} must be at least 1")
+    if options.torch_threads is not None and options.torch_threads < 1:
+        raise ConfigError(f"--torch-threads {options.torch_threads} must be at least 1")
+    if options.json_path and not Path(options.json_path).expanduser().resolve().parent.is_dir():
+        raise ConfigError(f"--json {options.json_path}: its directory does not exist; create it or pick another path")
+
+
+@dataclass(frozen=True)
+class TeacherChoice:
+    bundle: PolicyBundle
+    source: str  # what the output says was used
+    params: int
+
+
+def shipped_teacher_dir(env_id: str) -> Path:
+    """kd_system/teachers/pong-v5 for ALE/Pong-v5, kd_system/teachers/cartpole-v1 for CartPole-v1."""
+    return PACKAGE_DIR / "teachers" / env_id.removeprefix("ALE/").lower()
+
+
+def choose_teacher(env_id: str, path: str | None, spaces: EnvSpaces) -> TeacherChoice:
+    shipped = path is None and shipped_teacher_dir(env_id).is_dir()
+    if shipped:
+        path = str(shipped_teacher_dir(env_id))
+    if path is not None:
+        try:
+            bundle = load_bundle(Path(path).expanduser())
+        except CheckpointError as exc:
+            raise ConfigError(f"--teacher: {exc}") from None
+        spec = bundle.spec
+        if tuple(spec.obs_shape) != spaces.obs_shape or spec.num_actions != spaces.num_actions:
+            raise ConfigError(f"--teacher {path} expects observations {tuple(spec.obs_shape)} and {spec.num_actions} "
+                              f"actions but {env_id} has {spaces.obs_shape} and {spaces.num_actions}; "
+                              f"pass a teacher trained on {env_id}")
+        return TeacherChoice(bundle, f"{'shipped ' if shipped else ''}checkpoint {path}", count_parameters(bundle.module()))
+    if not is_atari_id(env_id):
+        raise ConfigError(f"--teacher: no shipped teacher for {env_id} ({shipped_teacher_dir(env_id)} does not "
+                          "exist); pass --teacher with a checkpoint directory")
+    # Throughput does not depend on the weights, only on the network: a seeded random Nature CNN.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_TEACHER_SEED)
+        module = build_network(cnn_spec("nature"), spaces.obs_shape, spaces.num_actions)
+    params = count_parameters(module)
+    spec = PolicySpec("teacher", env_id, spaces.obs_shape, spaces.obs_dtype, spaces.num_actions, "q",
+                      cnn_spec("nature"), params, {"note": "random weights, for throughput benchmarks only"})
+    return TeacherChoice(PolicyBundle.from_module(spec, module),
+                         f"random Nature-CNN (seed {RANDOM_TEACHER_SEED}; no {shipped_teacher_dir(env_id)})", params)
+
+
+def clear_namespace(address: StoreAddress) -> None:
+    """Remove a measurement's keys (and only those) from Redis."""
+    with ReplayStore.from_address(address) as store:
+        store.clear()
+
+
+class _ChunkRecorder:
+    """Stands in for a collector's store: keeps the chunks it would have written."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[dict, dict]] = []
+
+    def write_chunks(self, chunks: list[tuple[dict, dict]]) -> list[int]:
+        start = len(self.chunks)
+        self.chunks.extend(chunks)
+        return list(range(start, len(self.chunks)))
+
+    def close(self) -> None:
+        pass
+
+
+class BenchContext:
+    def __init__(self, options: BenchOptions):
+        check_options(options)
+        check_env_id(options.env_id, "--env")
+        self.options = options
+        self.env_id = options.env_id
+        self.spaces = env_spaces(self.env_id)
+        self.teacher = choose_teacher(self.env_id, options.teacher, self.spaces)
+        self.cores = len(os.sched_getaffinity(0))
+        self.threads = options.torch_threads or ActorConfig().torch_threads
+        self.num_envs = options.num_envs or (ATARI_NUM_ENVS if is_atari_id(self.env_id) else ActorConfig().envs_per_actor)
+        # A real run's settings; only the envs per actor and torch threads come from the options.
+        defaults = RunConfig()
+        self.config = dataclasses.replace(
+            defaults, env=EnvConfig(self.env_id),
+            actors=dataclasses.replace(defaults.actors, envs_per_actor=self.num_envs, torch_threads=self.threads))
+        self.student_spec = self._student_spec()
+        self.prepared = Prepared((PreparedTask(self.env_id.lower(), self.env_id, self.teacher.bundle, self.teacher.source,
+                                               self.teacher.params, self.student_spec),),
+                                 self.teacher.params, self.student_spec.num_params)
+        self.tag = uuid.uuid4().hex[:8]
+        self.redis: LocalRedisServer | None = None
+        self.url = options.redis_url
+        self._chunks: list[tuple[dict, dict]] | None = None
+
+    def _student_spec(self) -> PolicySpec:
+        """The student a run would distil into (rusu-7 CNN for Atari, the default MLP otherwise)."""
+        student = self.config.student
+        network = student_network_for(self.env_id, student.hidden, student.activation, student.preset)
+        params = count_parameters(build_network(network, self.spaces.obs_shape, self.spaces.num_actions))
+        kind = student_output_kind(self.config.learner.loss, self.teacher.bundle.spec.output_kind)
+        return PolicySpec("student", self.env_id, self.spaces.obs_shape, self.spaces.obs_dtype,
+                          self.spaces.num_actions, kind, network, params)
+
+    @property
+    def chunk_states(self) -> int:
+        return self.config.store.chunk_states
+
+    def start_redis(self) -> None:
+        """A private redis-server unless --redis-url names one; either way fail now if unreachable."""
+        if self.url is None:
+            self.redis = LocalRedisServer()  # answers PING before it returns
+            self.url = self.redis.url
+            return
+        try:
+            ReplayStore(self.url, f"bench-{self.tag}", 1, 1).close()
+        except StoreError as exc:
+            raise ConfigError(f"--redis-url: {exc}") from None
+
+    def address(self, section: str, capacity_states: int = StoreConfig().capacity_states) -> StoreAddress:
+        """A namespace of its own per measurement; ReplayStore.clear() removes it afterwards."""
+        if self.url is None:
+            raise RuntimeError("start_redis() first")
+        return StoreAddress(self.url, f"bench-{self.tag}-{section}", capacity_states, self.chunk_states)
+
+    def labelled_chunks(self) -> list[tuple[dict, dict]]:
+        """KEEP_CHUNKS chunks exactly as a collector makes them (its own stepping, labelling and
+        chunking; only the store write is swapped for a recorder), collected once."""
+        if self._chunks is None:
+            with torch_threads(self.threads):
+                collector = Collector(collector_settings(self.config, 0), self.address("chunks"), self.teacher.bundle)
+                collector.store.close()
+                recorder = collector.store = _ChunkRecorder()
+                try:
+                    while len(recorder.chunks) < DISCARD_CHUNKS + KEEP_CHUNKS:
+                        collector.collect(0.25)
+                finally:
+                    collector.close()
+            self._chunks = recorder.chunks[DISCARD_CHUNKS:DISCARD_CHUNKS + KEEP_CHUNKS]
+        return self._chunks
+
+    def close(self) -> None:
+        if self.redis is not None:
+            self.redis.stop()

@@ -1,0 +1,78 @@
+"""Learner: updates/s of the real Learner fed from the store (its prefetcher sampling the chunks
+collectors make) against the same Learner loop fed one batch already on its device, same batch
+size, loss, optimiser and thread count. Both run ``Learner.train``, so the only difference is
+where batches come from: the ratio is how much the input pipeline starves the learner."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..learner import Learner, LearnerTask
+from ..rate_limit import SampleToInsertLimiter
+from ..store import ReplayStore
+from .context import BenchContext
+from .timing import torch_threads
+
+# The store is filled once up front, so the replay-ratio limiter must never hold the learner back.
+NEVER_WAIT = 1e12
+
+
+class _InMemoryBatches:
+    """Stands in for the learner's prefetcher: hands out the same batch, already on the device."""
+
+    def __init__(self, batch: dict[str, torch.Tensor]):
+        self.batch = batch
+
+    def get(self, timeout_s: float = 0.0) -> dict[str, torch.Tensor]:
+        return self.batch
+
+    def close(self) -> None:
+        pass
+
+
+def _updates_per_s(learner: Learner, warmup_s: float, window_s: float) -> tuple[float, dict]:
+    learner.train(warmup_s)  # untimed: first updates, optimiser state, the prefetch queue filling up
+    result = learner.train(window_s)
+    return result["updates_in_call"] / result["call_s"], result
+
+
+def run_learner(ctx: BenchContext, log: Callable[[str], None]) -> dict:
+    config = ctx.config.learner
+    chunks = ctx.labelled_chunks()
+    address = ctx.address("learner", capacity_states=sum(len(arrays["action"]) for arrays, _ in chunks))
+    store = ReplayStore.from_address(address)
+    store.write_chunks(chunks)
+    task = LearnerTask(address, ctx.student_spec, ctx.teacher.bundle.spec.output_kind)
+    limiter = SampleToInsertLimiter(min_size_to_sample=config.batch_size, samples_per_insert=NEVER_WAIT)
+    warmup, window = ctx.options.warmup_s, ctx.options.seconds
+    try:
+        with torch_threads(config.torch_threads):
+            log(f"learner: {ctx.student_spec.num_params:,}-param student, batch {config.batch_size}, "
+                f"{config.torch_threads} torch thread(s), on a batch already in memory ...")
+            learner = Learner(config, [task], limiter)
+            sample = store.sample(config.batch_size, np.random.default_rng(0), config.chunks_per_sample)
+            learner.prefetchers = [_InMemoryBatches({name: torch.from_numpy(array).to(learner.device)
+                                                     for name, array in sample.items()})]
+            try:
+                in_memory, _ = _updates_per_s(learner, warmup, window)
+            finally:
+                learner.close()
+            log(f"learner: in memory {in_memory:,.1f} updates/s; now fed from the store ...")
+            learner = Learner(config, [task], limiter)
+            try:
+                fed, result = _updates_per_s(learner, warmup, window)
+            finally:
+                learner.close()
+        log(f"learner: fed from the store {fed:,.1f} updates/s")
+    finally:
+        store.clear()
+        store.close()
+    return {"fed_updates_per_s": fed, "in_memory_updates_per_s": in_memory, "fed_vs_in_memory": fed / in_memory,
+            "fed_wait_input_frac": result["wait_input_frac"], "batch_size": config.batch_size,
+            "in_memory_states_per_s": in_memory * config.batch_size, "device": result["device"],
+            "precision": result.get("precision", "fp32"),
+            "student_params": ctx.student_spec.num_params, "student_network": ctx.student_spec.network,
+            "torch_threads": config.torch_threads, "prefetch_threads": config.prefetch_threads,
+            "chunks_per_sample": config.chunks_per_sample}

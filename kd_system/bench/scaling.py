@@ -1,0 +1,31 @@
+"""Scaling: labelled states/s of 1, 2 and 4 real collectors writing to one store at once. Each
+collector gets the machine's torch threads divided among them (at least one), as a run with that
+many actors per node would be configured; on a machine with few cores the total cannot grow
+much, and the report says how many cores there were."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from .context import BenchContext, clear_namespace
+from .ray_collectors import SCALING_ACTORS, actor_cpus, measure_collectors, start_collectors, stop_collectors
+
+
+def run_scaling(ctx: BenchContext, log: Callable[[str], None]) -> dict:
+    rates, threads = [], []
+    for count in SCALING_ACTORS:
+        per_actor = max(1, ctx.threads // count)
+        config = dataclasses.replace(ctx.config, actors=dataclasses.replace(
+            ctx.config.actors, torch_threads=per_actor, num_cpus=actor_cpus()))
+        address = ctx.address(f"scaling-{count}")
+        log(f"scaling: {count} collector(s), {ctx.num_envs} envs and {per_actor} torch thread(s) each ...")
+        collectors = start_collectors(config, ctx.prepared, address, count)
+        try:
+            rates.append(measure_collectors(collectors, ctx.options.warmup_s, ctx.options.seconds)["states_per_s"])
+        finally:
+            stop_collectors(collectors)
+            clear_namespace(address)
+        threads.append(per_actor)
+        log(f"scaling: {count} collector(s): {rates[-1]:,.0f} states/s")
+    return {"actors": list(SCALING_ACTORS), "states_per_s": rates, "vs_one_actor": [r / rates[0] for r in rates],
+            "torch_threads_per_actor": threads, "cores": ctx.cores, "num_envs_per_actor": ctx.num_envs}
