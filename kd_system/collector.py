@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from .acting import ActingPolicy, TeacherShareSchedule, make_acting_policy
-from .envs import make_vector_env
 from .policy_files import FrozenPolicy, PolicyBundle, PolicySpec
 from .rate_limit import SampleToInsertLimiter
+from .stepping import LabellingLoop
 from .store import ReplayStore, StoreAddress
 
 
@@ -46,32 +46,21 @@ class Collector:
                                                    settings.seed, self.store, student_spec, settings.teacher_share)
         self._steps_at_refresh = 0
         self._wait_limiter_s = 0.0
-        self.envs = make_vector_env(settings.env_id, settings.num_envs, seed=settings.seed)
-        self.obs, _ = self.envs.reset(seed=settings.seed)
-        self.episode_returns = np.zeros(settings.num_envs)
-        self.finished_returns: list[float] = []
-        self.env_steps = 0
+        self.loop = LabellingLoop(settings.env_id, settings.num_envs, settings.seed, self.teacher, self.acting)
         self.states_written = 0
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_states = 0
         self._ready_chunks: list[tuple[dict, dict]] = []
-        self._time_env_s = self._time_teacher_s = self._time_store_s = 0.0
+        self._time_store_s = 0.0
+
+    @property
+    def env_steps(self) -> int:
+        return self.loop.env_steps
 
     def _step(self) -> None:
-        start = time.perf_counter()
-        teacher_out = self.teacher.outputs(self.obs)
-        actions = self.acting.select(self.obs, teacher_out)
-        labelled = time.perf_counter()
-        self._pending.append((self.obs.copy(), teacher_out, actions.astype(np.int32)))
+        obs, teacher_out, actions = self.loop.step()
+        self._pending.append((obs, teacher_out, actions))
         self._pending_states += len(actions)
-        self.obs, rewards, terminated, truncated, _ = self.envs.step(actions)
-        self.env_steps += len(actions)
-        self.episode_returns += rewards
-        for index in np.flatnonzero(terminated | truncated):
-            self.finished_returns.append(float(self.episode_returns[index]))
-            self.episode_returns[index] = 0.0
-        self._time_teacher_s += labelled - start
-        self._time_env_s += time.perf_counter() - labelled
 
     def _cut_chunk(self) -> None:
         obs, teacher_out, actions = (np.concatenate(parts) for parts in zip(*self._pending))
@@ -124,19 +113,19 @@ class Collector:
                 self._cut_chunk()
         if len(self._ready_chunks) >= self.settings.chunks_per_write and self._insert_allowed(0.0):
             self._flush()
-        returns, self.finished_returns = self.finished_returns, []
+        returns = self.loop.take_finished_returns()
         return {
             "actor_id": self.settings.actor_id,
             "env_steps": self.env_steps,
             "states_written": self.states_written,
             "episode_returns": returns,
-            "time_env_s": self._time_env_s,
-            "time_teacher_s": self._time_teacher_s,
+            "time_env_s": self.loop.time_env_s,
+            "time_teacher_s": self.loop.time_teacher_s,
             "time_store_s": self._time_store_s,
             "time_wait_limiter_s": self._wait_limiter_s,
             "policy_version": self.acting.version(),
         }
 
     def close(self) -> None:
-        self.envs.close()
+        self.loop.close()
         self.store.close()

@@ -284,3 +284,33 @@ def test_an_atari_run_config_gets_a_rusu_cnn_student(tmp_path):
     with pytest.raises(ConfigError, match="student.preset rusu-25 gives 424790 parameters"):
         prepare(load_config(None, ["env.id=ALE/Pong-v5", f"teacher.checkpoint={tmp_path / 'pong-teacher'}",
                                    "student.preset=rusu-25"]))
+
+
+def test_labelling_loop_overlaps_two_env_groups_with_the_same_seeds_as_one_vector():
+    """Atari actors split their envs in two groups (emulate one while labelling the other); the
+    sub-envs keep the seeds an unsplit vector gives them, and every labelled state is a copy."""
+    from kd_system.acting import make_acting_policy
+    from kd_system.stepping import LabellingLoop
+
+    torch.manual_seed(0)
+    module = build_network(TINY_TEACHER_NET, OBS_SHAPE, 6)
+    spec = PolicySpec("teacher", PONG, OBS_SHAPE, "uint8", 6, "q", TINY_TEACHER_NET, count_parameters(module))
+    teacher = FrozenPolicy.from_bundle(PolicyBundle.from_module(spec, module))
+    loop = LabellingLoop(PONG, 5, 7, teacher, make_acting_policy("teacher", 0.0, 6, 0))
+    whole = make_atari_vector_env(PONG, 5, seed=7)
+    try:
+        assert [len(g.obs) for g in loop.groups] == [3, 2]
+        np.testing.assert_array_equal(np.concatenate([g.obs for g in loop.groups]), whole.reset(seed=7)[0])
+        labelled = [loop.step() for _ in range(6)]
+        assert [len(states) for states, _, _ in labelled] == [3, 2] * 3
+        assert loop.env_steps == 3 + 2 + 3 + 2 + 3  # the last group sent is still in flight
+        first_obs = labelled[0][0].copy()
+        for _ in range(10):
+            loop.step()
+        np.testing.assert_array_equal(labelled[0][0], first_obs)  # not overwritten by later steps
+        for states, outputs, actions in labelled:
+            assert states.dtype == np.uint8 and actions.dtype == np.int32
+            np.testing.assert_array_equal(actions, outputs.argmax(axis=1))  # epsilon 0: greedy teacher
+    finally:
+        loop.close()
+        whole.close()

@@ -1,6 +1,6 @@
 """Actor path: labelled states/s of one real collector (Ray actor writing to the real store)
-against (a) the in-process ideal, the same vector env, batched teacher forward and acting rule
-with no Ray, Redis, copies or chunking, and (b) a naive loop, one env, a batch-1 forward and one
+against (a) the in-process ideal, the collector's own labelling loop (same envs, overlap,
+batched teacher forward and acting rule) with no Ray, Redis or chunking, and (b) a naive loop, one env, a batch-1 forward and one
 Redis SET of the raw state per step."""
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 import redis
 
 from ..acting import make_acting_policy
-from ..envs import make_env, make_vector_env
+from ..envs import make_env
 from ..policy_files import FrozenPolicy
+from ..stepping import LabellingLoop
 from ..topology import collector_settings
 from .context import BenchContext, clear_namespace
 from .ray_collectors import measure_collectors, start_collectors, stop_collectors
@@ -31,22 +32,20 @@ def ray_actor_rate(ctx: BenchContext) -> dict:
 
 
 def ideal_rate(ctx: BenchContext) -> float:
+    """The collector's own labelling loop (same env groups, overlap and batched forward), in-process."""
     settings = collector_settings(ctx.config, 0)
     with torch_threads(ctx.threads):
-        envs = make_vector_env(ctx.env_id, ctx.num_envs, seed=settings.seed)
         teacher = FrozenPolicy.from_bundle(ctx.teacher.bundle)
         acting = make_acting_policy("teacher", settings.epsilon, ctx.spaces.num_actions, settings.seed)
-        obs = envs.reset(seed=settings.seed)[0]
+        loop = LabellingLoop(ctx.env_id, ctx.num_envs, settings.seed, teacher, acting)
 
         def step() -> int:
-            nonlocal obs
-            obs = envs.step(acting.select(obs, teacher.outputs(obs)))[0]
-            return ctx.num_envs
+            return len(loop.step()[2])
 
         try:
             return steady_rate(step, ctx.options.warmup_s, ctx.options.seconds)
         finally:
-            envs.close()
+            loop.close()
 
 
 def _naive_step(ctx: BenchContext, client: redis.Redis, prefix: str) -> Callable[[], int]:
