@@ -2,6 +2,7 @@
 evaluates without pausing training, stops on a target / budget, and writes ``summary.json``."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class Head:
         self.eval_parts: dict[Path, dict[int, dict]] = {}  # per-task reports of a snapshot in evaluation
         self.task_names = [task.name for task in prepared.tasks]
         self.latest_score: float | None = None
+        self._warned_undefined_score = False
         self.latest_loss: float | None = None
         self.eval_history: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
@@ -143,8 +145,14 @@ class Head:
         self.eval_history.append(report)
         self.run.write_eval(snapshot, report)
         self.metrics.log("eval", updates, {k: v for k, v in report.items() if k != "student_returns"})
-        key = (score, report.get("agreement_teacher_states", 0.0))
-        if snapshot.is_dir() and (self.best is None or key >= (self.best["score"], self.best.get("agreement", 0.0))):
+        if not math.isfinite(score) and not self._warned_undefined_score:
+            self._warned_undefined_score = True
+            say("the teacher scored no better than a random policy on the evaluation episodes, so the "
+                "teacher-normalized score is undefined (nan); snapshots are ranked by agreement with the teacher")
+        rank = score if math.isfinite(score) else -math.inf  # NaN compares false with everything
+        key = (rank, report.get("agreement_teacher_states", 0.0))
+        best_rank = self.best["score"] if self.best and math.isfinite(self.best["score"]) else -math.inf
+        if snapshot.is_dir() and (self.best is None or key >= (best_rank, self.best.get("agreement", 0.0))):
             self.best = {"path": str(snapshot), "score": score, "updates": updates,
                          "agreement": report.get("agreement_teacher_states", 0.0)}
             self._write_state()

@@ -48,7 +48,8 @@ def progress_line(elapsed_s: float, counters: dict[str, Any], rates: dict[str, f
              f"updates {human(counters['updates'])} ({human(rates['updates'])}/s)",
              f"loss {loss:.4f}" if loss is not None else "loss -"]
     if latest_score is not None:
-        parts.append(f"score {latest_score:.3f} (best {best_score:.3f})")
+        best = f"{best_score:.3f}" if best_score is not None else "-"
+        parts.append(f"score {latest_score:.3f} (best {best})")
     else:
         parts.append("score -")
     return " | ".join(parts)
