@@ -61,6 +61,10 @@ def test_atari_store_section_with_a_random_nature_teacher(tmp_path, redis_url):
         assert figures["setup"]["teacher_params"] == 1_687_206
     check_store(figures["store"])
     assert figures["store"]["raw_bytes_per_state"] == 4 * 84 * 84 + 6 * 4 + 4  # uint8 stack, float32 Q-values, int32 action
+    codecs = figures["store"]["codecs"]
+    assert {"lz4", "zstd-1", "zstd-3", "lz4, newest frame only (estimate)"} <= set(codecs)
+    for name in ("lz4", "zstd-1", "zstd-3"):
+        assert 0 < codecs[name]["obs_bytes_per_state"] < 4 * 84 * 84 and codecs[name]["decode_states_per_s"] > 0
     check_targets(figures)
 
 

@@ -105,6 +105,12 @@ def render(results: dict) -> str:
     for r in rows:
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
         lines.append("  ".join(cells).rstrip())
+    if "store" in results and results["store"].get("codecs"):
+        lines.append("observation codecs (same chunks): " + "; ".join(
+            f"{name} {c['obs_bytes_per_state']:,.0f} B/state"
+            + (f" (encode {_rate(c['encode_states_per_s'])}/s, decode {_rate(c['decode_states_per_s'])}/s)"
+               if "encode_states_per_s" in c else "")
+            for name, c in results["store"]["codecs"].items()))
     if "actor" in results:
         parts = " | ".join(f"{name} {share:.0%}" for name, share in results["actor"]["actor_time_fractions"].items())
         lines.append(f"actor time (collector counters, share of the window): {parts}")

@@ -10,6 +10,7 @@ import numpy as np
 import redis
 
 from ..store import ReplayStore, encode_chunk
+from .codecs import compare_codecs
 from .context import BenchContext, clear_namespace
 from .timing import steady_rate
 
@@ -117,7 +118,12 @@ def run_store(ctx: BenchContext, log: Callable[[str], None]) -> dict:
     result |= _raw_rates(ctx, chunks, learner.batch_size)
     log(f"store: raw SET {result['raw_set_pipelined_states_per_s']:,.0f} states/s pipelined, "
         f"raw GET {result['raw_get_pipelined_states_per_s']:,.0f} states/s pipelined")
-    return {**result, "bytes_per_state": stored_bytes, "raw_bytes_per_state": raw_bytes,
+    codecs = compare_codecs(chunks)
+    log("store: observation codecs " + "; ".join(
+        f"{name} {c['obs_bytes_per_state']:,.0f} B/state" + (f", encode {c['encode_states_per_s']:,.0f}/s, decode "
+                                                              f"{c['decode_states_per_s']:,.0f}/s" if "encode_states_per_s" in c else "")
+        for name, c in codecs.items()))
+    return {**result, "codecs": codecs, "bytes_per_state": stored_bytes, "raw_bytes_per_state": raw_bytes,
             "bytes_vs_raw": stored_bytes / raw_bytes,
             "write_vs_raw": result["write_states_per_s"] / result["raw_set_pipelined_states_per_s"],
             "sample_vs_raw": result["sample_states_per_s"] / result["raw_get_pipelined_states_per_s"],
