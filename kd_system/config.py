@@ -107,6 +107,7 @@ class HeadConfig:
     heldout_states: int = 5_000
     evaluator_num_cpus: float = 0.25
     target_score: float | None = 1.0  # stop when a snapshot's teacher-normalized score reaches this
+    evals_after_target: int = 0  # then train on for this many evaluations and keep the best snapshot
     max_updates: int | None = None
     max_wall_s: float | None = 150.0
     progress_every_s: float = 2.0
@@ -358,6 +359,7 @@ def validate(config: RunConfig) -> None:
     _require(h.eval_episodes >= 1 and h.final_eval_episodes >= 1, "head.eval_episodes and head.final_eval_episodes must be >= 1")
     _require(h.snapshot_every_s > 0, "head.snapshot_every_s must be > 0")
     _require(h.keep_snapshots >= 1, "head.keep_snapshots must be >= 1")
+    _require(h.evals_after_target >= 0, "head.evals_after_target must be >= 0 (0 stops at the first target score)")
     _require(h.max_updates is not None or h.max_wall_s is not None or h.target_score is not None,
              "set at least one stop condition: head.target_score, head.max_updates or head.max_wall_s")
     _require(h.run_name is None or re.fullmatch(r"[A-Za-z0-9._-]{1,128}", h.run_name) is not None,

@@ -60,6 +60,7 @@ class Head:
         self.latest_loss: float | None = None
         self.eval_history: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
+        self.target_reached: tuple[int, float, int] | None = None  # (evaluations so far, score, updates)
         self.redis: LocalRedisServer | None = None
         self.started_ray = False
         self.learner_device = "cpu"
@@ -157,8 +158,18 @@ class Head:
                          "agreement": report.get("agreement_teacher_states", 0.0)}
             self._write_state()
         target = self.config.head.target_score
-        if target is not None and score >= target:
-            self.stop_reason = f"target score {target} reached (score {score:.3f} at update {updates})"
+        if target is not None and score >= target and self.target_reached is None:
+            self.target_reached = (len(self.eval_history), score, updates)
+            extra = self.config.head.evals_after_target
+            if extra:
+                say(f"target score {target} reached (score {score:.3f} at update {updates}); "
+                    f"training on for {extra} more evaluations to pick the best snapshot")
+        if self.target_reached is not None and len(self.eval_history) - self.target_reached[0] >= \
+                self.config.head.evals_after_target:
+            at_eval, first_score, first_updates = self.target_reached
+            self.stop_reason = (f"target score {target} reached (score {first_score:.3f} at update {first_updates})"
+                                + (f", then {len(self.eval_history) - at_eval} more evaluations"
+                                   if len(self.eval_history) > at_eval else ""))
 
     def _report_progress(self) -> None:
         now = self._elapsed()

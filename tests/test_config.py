@@ -37,6 +37,8 @@ def test_config_is_frozen():
     (["actors.num_actors=two"], "actors.num_actors: expected an integer"),
     (["learner.loss=hinge"], "learner.loss 'hinge' is unknown"),
     (["actors.epsilon=1.5"], "actors.epsilon must be in [0, 1]"),
+    (["head.evals_after_target=-1"], "head.evals_after_target must be >= 0"),
+    (["learner.precision=fp8"], "learner.precision must be auto"),
     (["store.redis_url=http://x"], "store.redis_url must start with"),
     (["limiter.min_size_to_sample=10000000"], "can never hold enough"),
     (["limiter.error_buffer=10"], "would deadlock"),

@@ -82,3 +82,18 @@ def test_two_node_cluster_puts_actors_and_learner_on_different_nodes(tmp_path):
         assert placement["learner"] != worker.node_id
     finally:
         cluster.shutdown()
+
+
+def test_training_goes_on_after_the_target_for_evals_after_target(tmp_path):
+    runs = tmp_path / "runs"
+    done = kd("run", "--set", f"head.runs_dir={runs}", "--set", "head.target_score=0.0",
+              "--set", "head.evals_after_target=2", "--set", "head.snapshot_every_s=2", "--set", "head.eval_episodes=3",
+              "--set", "head.final_eval_episodes=3", "--set", "limiter.min_size_to_sample=2000")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = only_run_dir(runs)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stop_reason"].startswith("target score 0.0 reached") and "then 2 more evaluations" in summary["stop_reason"]
+    evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "eval"]
+    assert len(evals) == 3
+    best = max(evals, key=lambda r: (r["normalized_score"], r.get("agreement_teacher_states", 0.0)))
+    assert summary["best_checkpoint"] == best["snapshot"]
