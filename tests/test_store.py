@@ -121,12 +121,26 @@ CORRUPTIONS = {
     "raw_size_mismatch": _with_spec(_with_spec(GOOD, codec="none"), shape=[4, 4]),
     "unknown_dtype": _with_spec(GOOD, dtype="|O"),
     "unhashable_dtype": _with_spec(GOOD, dtype=["u1"]),
-    "unknown_codec": _with_spec(GOOD, codec="zstd"),
+    "unknown_codec": _with_spec(GOOD, codec="brotli"),
+    "zstd_size_lie": _with_spec(GOOD, shape=[64, 64]),
+    "lz4_garbage": _with_spec(GOOD, codec="lz4"),
     "bool_nbytes": _with_spec(GOOD, nbytes=True),
     "garbage_payload": _join(_split(GOOD)[0], b"\xff" * len(_split(GOOD)[1])),
     "duplicate_names": _join({"meta": {}, "arrays": [_split(GOOD)[0]["arrays"][0]] * 2},
                              _split(GOOD)[1] * 2),
 }
+
+
+def test_chunks_are_zstd_and_lz4_chunks_still_decode():
+    arrays = {"obs": np.tile(np.arange(64, dtype=np.uint8), (32, 1)), "q": np.linspace(0, 1, 64, dtype=np.float32)}
+    assert [spec["codec"] for spec in _split(GOOD)[0]["arrays"]] == ["zstd"]
+    for codec in ("zstd", "lz4"):
+        meta, got = decode_chunk(encode_chunk(arrays, {"k": codec}, codec=codec))
+        assert meta == {"k": codec}
+        for name in arrays:
+            np.testing.assert_array_equal(got[name], arrays[name])
+    with pytest.raises(StoreError, match="codec 'gzip' is unknown"):
+        encode_chunk(arrays, {}, codec="gzip")
 
 
 @pytest.mark.parametrize("blob", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())

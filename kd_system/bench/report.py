@@ -76,7 +76,7 @@ def _rows(results: dict) -> list[tuple[str, ...]]:
             f"{s['sample_vs_raw']:.2f}")
         row("store", "sample states/s", sample, "raw GET, one per state", _rate(s["raw_get_states_per_s"]),
             f"{s['sample_vs_raw_unpipelined']:.2f}")
-        row("store", "bytes/state (lz4 + header)", f"{s['bytes_per_state']:,.0f}", "raw uncompressed",
+        row("store", "bytes/state (zstd + header)", f"{s['bytes_per_state']:,.0f}", "raw uncompressed",
             f"{s['raw_bytes_per_state']:,}", _ratio(s["bytes_vs_raw"]), "bytes_vs_raw")
     if "store_vs_learner" in results:
         v = results["store_vs_learner"]
