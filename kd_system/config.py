@@ -300,7 +300,9 @@ def resolve_teacher_path(checkpoint: str) -> Path:
         path = PACKAGE_DIR / "teachers" / name
         if not path.is_dir():
             names = sorted(p.name for p in (PACKAGE_DIR / "teachers").iterdir() if p.is_dir())
-            raise ConfigError(f"teacher.checkpoint: no shipped teacher {name!r}; shipped: {', '.join(names)}")
+            raise ConfigError(f"teacher.checkpoint: no shipped teacher {name!r} (shipped: {', '.join(names)}); "
+                              "train one with `kd-system teacher train --env ENV_ID --algo ppo --out DIR` and set "
+                              "teacher.checkpoint=DIR")
         return path
     return Path(checkpoint).expanduser()
 

@@ -82,6 +82,8 @@ def build_algo(env: str, env_config: dict[str, Any], algorithm: str, model: dict
                             clip_param=hp["clip_param"], num_epochs=int(hp["num_epochs"]), use_kl_loss=False,
                             minibatch_size=int(hp["minibatch_size"]), train_batch_size_per_learner=int(hp["train_batch_size"]),
                             vf_loss_coeff=hp["vf_loss_coeff"], vf_clip_param=hp["vf_clip_param"], grad_clip=hp["grad_clip"]))
+    if torch.cuda.is_available():  # RLlib's learner on the GPU; env runners stay on CPUs
+        config = config.learners(num_learners=0, num_gpus_per_learner=1)
     config = (config.environment(env, env_config=env_config).framework("torch").rl_module(model_config=model)
               .debugging(seed=seed, log_level="ERROR"))
     return config.build_algo()

@@ -162,7 +162,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
                 latest = greedy(net, cfg.select_episodes, select_seed).mean
                 if latest >= best.get("quick", -math.inf):
                     full = greedy(net, cfg.eval_episodes, select_seed + 100_000).mean
-                    if full > best.get("full", -math.inf):
+                    if full >= best.get("full", -math.inf):  # ties: the later, longer-trained weights
                         best = dict(quick=latest, full=full, state={k: v.clone() for k, v in net.state_dict().items()},
                                     steps=steps, wall=time.monotonic() - start, iteration=iteration, diff=diff)
                     if cfg.target_return is not None and full >= cfg.target_return:

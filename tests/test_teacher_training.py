@@ -123,3 +123,33 @@ def test_train_teacher_end_to_end(ray_session, tmp_path, algorithm, output_kind)
     assert json.loads((out / "spec.json").read_text())["model_card"] == card
     assert "Reproduce with" in (out / "MODEL_CARD.md").read_text()
     assert policy.greedy_actions(np.zeros((3, 4), np.float32)).shape == (3,)
+
+
+@pytest.mark.slow
+def test_train_atari_teacher_exports_rllibs_cnn_onto_our_convnet(ray_session, tmp_path):
+    """RLlib sees channels-last frames in [0, 1] and flattens its convs (h, w, c)-wise; the exported
+    ConvNet takes uint8 (4, 84, 84) stacks: the card records the verified max difference."""
+    from kd_system.rllib_atari import RllibAtariEnv, to_rllib_obs
+
+    env = RllibAtariEnv({"env_id": "ALE/Pong-v5"})
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == (84, 84, 4) and obs.dtype == np.float32 and 0.0 <= obs.min() <= obs.max() <= 1.0
+        assert env._env.settings.terminal_on_life_loss and env._env.settings.clip_rewards  # training settings
+    finally:
+        env.close()
+    stacks = np.random.default_rng(0).integers(0, 256, (2, 4, 84, 84), dtype=np.uint8)
+    np.testing.assert_array_equal(to_rllib_obs(stacks)[1, :, :, 3], stacks[1, 3] / np.float32(255))
+
+    out = tmp_path / "pong"
+    cfg = TeacherTrainConfig("ALE/Pong-v5", "ppo", str(out), preset="rusu-4", max_env_steps=256, eval_episodes=1,
+                             select_episodes=1, eval_every_iters=1,
+                             hparams=dict(train_batch_size=256, minibatch_size=128, num_epochs=1, num_envs_per_runner=2))
+    train_teacher(cfg)
+    policy = FrozenPolicy.load(out)
+    card = policy.spec.model_card
+    assert policy.spec.network["kind"] == "cnn" and policy.spec.network["preset"] == "rusu-4"
+    assert policy.spec.obs_shape == (4, 84, 84) and policy.spec.obs_dtype == "uint8"
+    assert card["export_max_abs_diff"] <= 1e-4 and "--preset rusu-4" in card["command"]
+    assert -21 <= card["eval_return_mean"] <= 21
+    assert "CNN `rusu-4`" in (out / "MODEL_CARD.md").read_text()
