@@ -22,7 +22,9 @@ from .networks import ConvNet, build_network
 
 RLLIB_ENV_NAME = "kd_system_atari_teacher_training"
 # PPO on Atari as in Schulman et al. 2017 (Table 5) / the common CleanRL settings: 8 envs x 128 steps
-# per batch, 4 epochs of 256-state minibatches, clip 0.1, lr 2.5e-4, entropy 0.01.
+# per batch, 4 epochs of 256-state minibatches, clip 0.1, lr 2.5e-4, entropy 0.01. DQN: Mnih et
+# al. 2015 scaled to a small budget (replay 100k not 1M, target sync every 8k steps, epsilon to 0.01
+# over 250k steps) with Adam at 1e-4 and 3-step returns. Neither was tuned here.
 ATARI_DEFAULTS: dict[str, dict[str, Any]] = {
     "dqn": dict(lr=1e-4, gamma=0.99, train_batch_size=32, grad_clip=10.0, num_envs_per_runner=1,
                 rollout_fragment_length=4, n_step=3, buffer_size=100_000, prioritized=0, target_update_freq=8000,
