@@ -157,19 +157,25 @@ class Head:
             self.best = {"path": str(snapshot), "score": score, "updates": updates,
                          "agreement": report.get("agreement_teacher_states", 0.0)}
             self._write_state()
-        target = self.config.head.target_score
-        if target is not None and score >= target and self.target_reached is None:
+        self._check_target(score, updates)
+
+    def _check_target(self, score: float, updates: int) -> None:
+        """Stop at the target score, or that many evaluations after it (head.evals_after_target)."""
+        target, extra = self.config.head.target_score, self.config.head.evals_after_target
+        if target is None:
+            return
+        if self.target_reached is None:
+            if not score >= target:
+                return
             self.target_reached = (len(self.eval_history), score, updates)
-            extra = self.config.head.evals_after_target
             if extra:
                 say(f"target score {target} reached (score {score:.3f} at update {updates}); "
                     f"training on for {extra} more evaluations to pick the best snapshot")
-        if self.target_reached is not None and len(self.eval_history) - self.target_reached[0] >= \
-                self.config.head.evals_after_target:
-            at_eval, first_score, first_updates = self.target_reached
+        at_eval, first_score, first_updates = self.target_reached
+        more = len(self.eval_history) - at_eval
+        if more >= extra:
             self.stop_reason = (f"target score {target} reached (score {first_score:.3f} at update {first_updates})"
-                                + (f", then {len(self.eval_history) - at_eval} more evaluations"
-                                   if len(self.eval_history) > at_eval else ""))
+                                + (f", then {more} more evaluations" if more else ""))
 
     def _report_progress(self) -> None:
         now = self._elapsed()
