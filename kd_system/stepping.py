@@ -41,7 +41,8 @@ def _make_groups(env_id: str, num_envs: int, seed: int) -> list[_Group]:
         return [_Group(envs, obs, np.zeros(num_envs))]
     count = atari_groups(num_envs)
     sizes = [num_envs // count + (1 if g < num_envs % count else 0) for g in range(count)]
-    # Only one group emulates at a time while the other is labelled: split the cores between them.
+    # While one group emulates, this thread runs the teacher on the other: leave the teacher a share
+    # of the cores instead of giving every group an emulator thread per core.
     threads = max(1, len(os.sched_getaffinity(0)) // count)
     groups, first_seed = [], seed
     for size in sizes:
