@@ -150,14 +150,23 @@ class Head:
             self._warned_undefined_score = True
             say("the teacher scored no better than a random policy on the evaluation episodes, so the "
                 "teacher-normalized score is undefined (nan); snapshots are ranked by agreement with the teacher")
-        rank = score if math.isfinite(score) else -math.inf  # NaN compares false with everything
-        key = (rank, report.get("agreement_teacher_states", 0.0))
-        best_rank = self.best["score"] if self.best and math.isfinite(self.best["score"]) else -math.inf
-        if snapshot.is_dir() and (self.best is None or key >= (best_rank, self.best.get("agreement", 0.0))):
-            self.best = {"path": str(snapshot), "score": score, "updates": updates,
-                         "agreement": report.get("agreement_teacher_states", 0.0)}
+        agreement = report.get("agreement_teacher_states", 0.0)
+        if snapshot.is_dir() and (self.best is None or self._selection_key(score, agreement) >=
+                                  self._selection_key(self.best["score"], self.best.get("agreement", 0.0))):
+            self.best = {"path": str(snapshot), "score": score, "updates": updates, "agreement": agreement}
             self._write_state()
         self._check_target(score, updates)
+
+    def _selection_key(self, score: float, agreement: float) -> tuple:
+        """Which snapshot is best. Below the target score: the higher score (a score over a few
+        episodes is what tells a weak student from a good one). At or above it: the higher
+        agreement with the teacher on held-out states, because there a few-episode score is mostly
+        noise (a lucky early snapshot would win), while agreement over thousands of states is not."""
+        rank = score if math.isfinite(score) else -math.inf  # NaN compares false with everything
+        target = self.config.head.target_score
+        if target is not None and rank >= target:
+            return (1, agreement, rank)
+        return (0, rank, agreement)
 
     def _check_target(self, score: float, updates: int) -> None:
         """Stop at the target score, or that many evaluations after it (head.evals_after_target)."""
