@@ -72,6 +72,5 @@ def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorE
     check_env_id(env_id)
     env_fns = [lambda: make_env(env_id) for _ in range(num_envs)]
     vec = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    vec.reset(seed=seed)
-    vec.action_space.seed(seed)
+    vec.action_space.seed(seed)  # not reset here: the caller's reset(seed=) is the only one, as for Atari
     return vec
