@@ -98,3 +98,22 @@ def test_training_goes_on_after_the_target_for_evals_after_target(tmp_path):
     # every snapshot is past the target (0.0): the one agreeing most with the teacher wins
     best = max(reversed(evals), key=lambda r: (r["agreement_teacher_states"], r["normalized_score"]))  # ties: the later
     assert summary["best_checkpoint"] == best["snapshot"]
+
+
+def test_snapshot_pick_ranks_by_agreement_once_the_score_or_its_ci_reaches_the_target():
+    from types import SimpleNamespace
+
+    from kd_system.head import Head
+
+    head = SimpleNamespace(config=SimpleNamespace(head=SimpleNamespace(target_score=1.0)))
+
+    def key(score, agreement, high=float("nan")):
+        return Head._selection_key(head, score, agreement, high)
+
+    lucky_early = key(1.010, 0.988, 1.030)
+    steady_late = key(0.998, 0.998, 1.004)  # below 1.0, but its CI reaches it: agreement decides
+    assert steady_late > lucky_early
+    assert key(0.990, 0.999, 0.995) < lucky_early  # its CI stays under the target: below it, score decides
+    assert key(0.990, 0.5, 0.995) > key(0.980, 0.999, 0.985)
+    assert key(1.0, 0.97) < key(1.0, 0.98)  # multi-task reports have no CI: the score alone qualifies
+    assert key(float("nan"), 0.9) > key(float("nan"), 0.8)
