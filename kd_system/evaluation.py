@@ -40,8 +40,9 @@ def random_act_fn(num_actions: int, seed: int) -> ActFn:
 
 
 def run_episodes(env_id: str, act_fn: ActFn, episodes: int, seed: int, max_parallel: int = 32,
-                 record_obs_limit: int = 0) -> EpisodeStats:
-    """Run ``episodes`` full episodes; optionally keep up to ``record_obs_limit`` visited states."""
+                 record_obs_limit: int = 0, max_episode_steps: int | None = None) -> EpisodeStats:
+    """Run ``episodes`` full episodes, or cut each at ``max_episode_steps``; optionally keep up to
+    ``record_obs_limit`` visited states."""
     returns = np.zeros(episodes, dtype=np.float64)
     lengths = np.zeros(episodes, dtype=np.int64)
     recorded: list[np.ndarray] = []
@@ -69,7 +70,7 @@ def run_episodes(env_id: str, act_fn: ActFn, episodes: int, seed: int, max_paral
                 obs, reward, terminated, truncated, _ = env.step(int(action))
                 returns[i] += float(reward)
                 lengths[i] += 1
-                if terminated or truncated:
+                if terminated or truncated or (max_episode_steps is not None and lengths[i] >= max_episode_steps):
                     del active[i]
                     free_envs.append(env)
                 else:

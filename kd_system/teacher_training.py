@@ -29,6 +29,13 @@ from .rllib_atari import ATARI_DEFAULTS, cnn_model_config, export_cnn, register_
 from .rllib_export import (ALGORITHMS, DEFAULTS, HPARAMS, build_algo, export_mlp, mlp_model_config,
                            sample_observations, verify_export)
 
+# Selection evaluations cut Atari games at 5 minutes of play (18,000 frames), as Mnih et al.
+# (2015) evaluated: a greedy policy that never presses FIRE (early Breakout) otherwise stalls
+# until ALE's 30-minute cap, and every selection evaluation would cost minutes of training time.
+# The model card's evaluation plays whole games.
+SELECTION_MAX_STEPS_ATARI = 4_500
+
+
 def _flag(name: str) -> str:
     return "--" + name.rstrip("_").replace("_", "-")
 
@@ -134,7 +141,8 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
 
     def greedy(net, episodes: int, seed: int):
         policy = FrozenPolicy(spec, net)
-        return run_episodes(cfg.env_id, policy.greedy_actions, episodes, seed)
+        return run_episodes(cfg.env_id, policy.greedy_actions, episodes, seed,
+                            max_episode_steps=SELECTION_MAX_STEPS_ATARI if atari else None)
 
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -201,6 +209,7 @@ def _write_teacher(cfg: TeacherTrainConfig, spec: PolicySpec, best: dict, total_
         "train_env_steps": best["steps"], "train_wall_s": round(best["wall"], 1),
         "train_env_steps_total": total_steps, "train_wall_s_total": round(total_wall, 1),
         "selected_iteration": best["iteration"], "selection_eval_mean": round(best["full"], 3),
+        **({"selection_max_episode_steps": SELECTION_MAX_STEPS_ATARI} if is_atari_id(cfg.env_id) else {}),
         "export_max_abs_diff": best["diff"], "algorithm": cfg.algorithm, "rllib_version": ray.__version__,
         "torch_version": torch.__version__, "network": spec.network, "num_params": num_params,
         **({} if is_atari_id(cfg.env_id) else {"hidden": list(cfg.hidden)}),
