@@ -22,7 +22,7 @@ import torch
 from .atari import is_atari_id
 from .envs import check_env_id, env_spaces, make_env
 from .errors import ConfigError
-from .evaluation import random_act_fn, run_episodes
+from .evaluation import eval_epsilon, random_act_fn, run_episodes
 from .networks import CNN_PRESETS, build_network, cnn_spec, count_parameters
 from .policy_files import FrozenPolicy, PolicySpec, save_policy
 from .rllib_atari import ATARI_DEFAULTS, cnn_model_config, export_cnn, register_training_env, to_rllib_obs
@@ -189,6 +189,17 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
     return _write_teacher(cfg, spec, best, total_steps, total_wall)
 
 
+def _eval_policy_text(env_id: str) -> str:
+    epsilon = eval_epsilon(env_id)
+    return "greedy argmax of the exported network" + (f", a random action with probability {epsilon:g} "
+                                                      "(Mnih et al. 2015)" if epsilon else "")
+
+
+def _return_label(card: dict) -> str:
+    epsilon = card.get("eval_epsilon", 0.0)
+    return f"Return, epsilon-greedy {epsilon:g}" if epsilon else "Greedy return"
+
+
 def _write_teacher(cfg: TeacherTrainConfig, spec: PolicySpec, best: dict, total_steps: int, total_wall: float) -> Path:
     import ray
 
@@ -204,7 +215,7 @@ def _write_teacher(cfg: TeacherTrainConfig, spec: PolicySpec, best: dict, total_
     card = {
         "eval_return_mean": round(stats.mean, 3), "eval_return_std": round(stats.std, 3),
         "eval_return_min": float(np.min(stats.returns)), "eval_episodes": cfg.eval_episodes,
-        "eval_seed": cfg.eval_seed, "eval_policy": "greedy argmax of the exported network",
+        "eval_seed": cfg.eval_seed, "eval_policy": _eval_policy_text(cfg.env_id), "eval_epsilon": eval_epsilon(cfg.env_id),
         "random_return_mean": round(rand.mean, 3), "random_return_std": round(rand.std, 3),
         "train_env_steps": best["steps"], "train_wall_s": round(best["wall"], 1),
         "train_env_steps_total": total_steps, "train_wall_s_total": round(total_wall, 1),
@@ -242,7 +253,7 @@ kd_system policy format and verified against RLlib's own forward (max abs diff {
 
 | | |
 |---|---|
-| Greedy return ({card['eval_episodes']} episodes, seeds {card['eval_seed']}..) | **{card['eval_return_mean']:.2f} ± {card['eval_return_std']:.2f}** (min {card['eval_return_min']:.1f}) |
+| {_return_label(card)} ({card['eval_episodes']} episodes, seeds {card['eval_seed']}..) | **{card['eval_return_mean']:.2f} ± {card['eval_return_std']:.2f}** (min {card['eval_return_min']:.1f}) |
 | Random policy, same seeds | {card['random_return_mean']:.2f} ± {card['random_return_std']:.2f} |
 | Network | {_network_text(spec)}; outputs {kind} |
 | Parameters | {card['num_params']:,} ({card['weights_bytes'] / 1024:.0f} KiB float32) |

@@ -9,7 +9,7 @@ from kd_system.atari import (OBS_SHAPE, RAW_SCORE, TEACHER_TRAINING, SingleAtari
 from kd_system.collector import Collector, CollectorSettings
 from kd_system.envs import check_env_id, env_spaces, make_env, make_vector_env
 from kd_system.errors import CheckpointError, ConfigError
-from kd_system.evaluation import random_act_fn, run_episodes
+from kd_system.evaluation import eval_epsilon, random_act_fn, run_episodes
 from kd_system.networks import CNN_PRESETS, build_network, cnn_spec, count_parameters
 from kd_system.policy_files import FrozenPolicy, PolicyBundle, PolicySpec
 from kd_system.store import ReplayStore, StoreAddress, encode_chunk
@@ -87,6 +87,22 @@ def test_evaluation_keeps_raw_scores_and_clipping_is_only_a_training_option():
     np.testing.assert_array_equal(single, raw[:, 0])
     assert not RAW_SCORE.clip_rewards and not RAW_SCORE.terminal_on_life_loss
     assert TEACHER_TRAINING.clip_rewards and TEACHER_TRAINING.terminal_on_life_loss
+
+
+def test_atari_evaluation_is_epsilon_greedy_so_a_policy_that_never_serves_still_plays():
+    never_fire = lambda obs: np.zeros(len(obs), dtype=np.int64)  # Breakout: NOOP, the ball is never served
+    assert eval_epsilon("ALE/Breakout-v5") == 0.05 and eval_epsilon("CartPole-v1") == 0.0
+    first = run_episodes("ALE/Breakout-v5", never_fire, 1, seed=5, max_episode_steps=400, record_obs_limit=400)
+    again = run_episodes("ALE/Breakout-v5", never_fire, 1, seed=5, max_episode_steps=400, record_obs_limit=400)
+    # the draws depend on the episode's seed only: the same game again
+    np.testing.assert_array_equal(first.visited_obs, again.visited_obs)
+    # random actions served the ball five times and it was lost five times: the game ended
+    assert first.lengths[0] < 400
+    assert run_episodes("ALE/Breakout-v5", never_fire, 1, seed=5, max_episode_steps=50).lengths.tolist() == [50]
+    # a greedy NOOP would leave every frame as it was after the no-op start; the random 5% of
+    # actions move the paddle (and serve), so the frames change
+    frames = first.visited_obs[:, -1]
+    assert len({frame.tobytes() for frame in frames}) > 1
 
 
 def test_terminal_on_life_loss_ends_the_episode_at_the_first_lost_life():
