@@ -12,7 +12,8 @@ import pytest
 
 from kd_system.errors import ConfigError
 from kd_system.experiments.curves import eval_curve, first_reaching, read_records
-from kd_system.experiments.grid import Cell, load_grid, student_hidden
+from kd_system.experiments.grid import Cell, load_grid, student_shape
+from kd_system.experiments.runner import cell_command, scratch_path
 from kd_system.experiments.table import cell_row, write_csv, write_markdown
 
 
@@ -80,13 +81,30 @@ def test_table_rows_markdown_and_csv(tmp_path):
 
 
 def test_student_sizes_stay_within_the_share_of_the_teacher():
-    hidden, params, teacher = student_hidden("CartPole-v1", 0.04)
-    assert hidden == (48, 48) and params == 2690 and teacher == 67586
+    shape = student_shape("CartPole-v1", 0.04)
+    assert shape.network["hidden"] == [48, 48] and shape.params == 2690 and shape.teacher_params == 67586
+    assert shape.overrides() == ["student.hidden=[48,48]"]
     for env_id in ("Acrobot-v1", "LunarLander-v3"):
-        hidden, params, teacher = student_hidden(env_id, 0.07)
-        assert params <= 0.07 * teacher
-        wider = student_hidden(env_id, (params + 200) / teacher)[0]
-        assert wider[0] > hidden[0]  # and it is the widest that fits
+        shape = student_shape(env_id, 0.07)
+        assert shape.params <= 0.07 * shape.teacher_params
+        wider = student_shape(env_id, (shape.params + 200) / shape.teacher_params)
+        assert wider.network["hidden"][0] > shape.network["hidden"][0]  # and it is the widest that fits
+
+
+def test_atari_students_are_rusus_cnns_within_the_share_of_the_teacher():
+    # the shipped Breakout teacher is a Nature CNN; Rusu's sizes are nominal, so the nearest is taken
+    shapes = {size: student_shape("ALE/Breakout-v5", size) for size in (0.25, 0.07, 0.04)}
+    assert {size: shape.network["preset"] for size, shape in shapes.items()} == {
+        0.25: "rusu-25", 0.07: "rusu-7", 0.04: "rusu-4"}
+    assert [round(shape.params / shape.teacher_params, 3) for shape in shapes.values()] == [0.252, 0.066, 0.036]
+    assert shapes[0.07].overrides() == ["student.preset=rusu-7"]
+    cell = Cell("ALE/Breakout-v5", 0.07, "kl", "student")
+    assert cell.name == "breakout-v5-7pct-kl-student"
+    command = cell_command(load_grid("atari"), cell, Path("runs"))
+    assert command[command.index("--config") + 1] == "breakout-v5" and "student.preset=rusu-7" in command
+    assert scratch_path(Path("out"), "ALE/Breakout-v5", 0.07) == Path("out/scratch/breakout-v5-7pct-dqn.json")
+    with pytest.raises(ConfigError, match="too small for any Rusu CNN"):
+        student_shape("ALE/Breakout-v5", 0.01)  # rusu-4 (3.6%) is too far off 1%
 
 
 @pytest.mark.parametrize("text, fragments", [
@@ -118,9 +136,11 @@ def test_bad_grid_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2 and "--sizes" in result.stderr
 
 
-def test_shipped_grid_parses():
+def test_shipped_grids_parse():
     grid = load_grid("classic_control")
     assert len(grid.cells) == 21 and grid.scratch_sizes == (0.07,)
+    atari = load_grid("atari")
+    assert {cell.env_id for cell in atari.cells} == {"ALE/Breakout-v5"} and atari.scratch_envs == ("ALE/Breakout-v5",)
 
 
 @pytest.mark.slow

@@ -9,7 +9,9 @@ A grid file is YAML::
     scratch: {sizes: [0.07], max_env_steps: 100000, max_wall_s: 600}   # the RLlib DQN baseline
 
 A size is a share of the teacher's parameters; the student is the widest two-layer MLP of equal
-widths that stays at or under it, so "7%" means the same thing on every env.
+widths that stays at or under it, so "7%" means the same thing on every env. Atari envs
+(``ALE/<Game>-v5``) get the nearest of Rusu et al.'s CNN students (``rusu-25``, ``rusu-7``,
+``rusu-4``, whose sizes are nominal), so their cells compare with the paper's.
 """
 from __future__ import annotations
 
@@ -23,11 +25,17 @@ import yaml
 from ..config import PACKAGE_DIR, load_config, resolve_teacher_path
 from ..errors import ConfigError
 from ..loss_spec import validate_loss_spec
-from ..networks import build_network, count_parameters
+from ..networks import build_network, cnn_spec, count_parameters
 from .scratch import ScratchBudget
 
 ACTING = ("teacher", "student", "mixed")
 STUDENT_LAYERS = 2
+RUSU_STUDENTS = ("rusu-25", "rusu-7", "rusu-4")
+
+
+def env_slug(env_id: str) -> str:
+    """A file-name-safe env name: ``CartPole-v1`` -> ``cartpole-v1``, ``ALE/Breakout-v5`` -> ``breakout-v5``."""
+    return env_id.removeprefix("ALE/").replace("/", "_").lower()
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class Cell:
     @property
     def name(self) -> str:
         loss = self.loss.replace("+", "_plus_").replace("*", "x")
-        return f"{self.env_id.lower()}-{self.size * 100:g}pct-{loss}-{self.acting}"
+        return f"{env_slug(self.env_id)}-{self.size * 100:g}pct-{loss}-{self.acting}"
 
 
 @dataclass(frozen=True)
@@ -58,25 +66,50 @@ class Grid:
 
 
 def shipped_config_name(env_id: str) -> str:
-    return env_id.lower()
+    return env_slug(env_id)
 
 
-def student_hidden(env_id: str, size: float) -> tuple[tuple[int, ...], int, int]:
-    """(hidden widths, student params, teacher params) of the widest equal-width student within ``size``."""
+@dataclass(frozen=True)
+class StudentShape:
+    """The student a cell distils into: a ``networks.build_network`` spec and its size."""
+    network: dict[str, Any]
+    params: int
+    teacher_params: int
+
+    def overrides(self) -> list[str]:
+        """``kd-system run --set`` items that make the run's student this network."""
+        if self.network["kind"] == "cnn":
+            return [f"student.preset={self.network['preset']}"]
+        return [f"student.hidden=[{','.join(map(str, self.network['hidden']))}]"]
+
+
+def student_shape(env_id: str, size: float) -> StudentShape:
+    """The student at ``size`` of the shipped teacher: for frame stacks the Rusu CNN nearest to it,
+    else the widest equal-width MLP at or under it."""
     config = load_config(shipped_config_name(env_id))
     spec = json.loads((resolve_teacher_path(config.teacher.checkpoint) / "spec.json").read_text())
     obs_shape, actions, teacher_params = tuple(spec["obs_shape"]), spec["num_actions"], spec["num_params"]
+
+    def sized(network: dict[str, Any]) -> StudentShape:
+        return StudentShape(network, count_parameters(build_network(network, obs_shape, actions)), teacher_params)
+
+    budget = size * teacher_params
     best = None
-    for width in range(1, 1025):
-        hidden = (width,) * STUDENT_LAYERS
-        params = count_parameters(build_network({"kind": "mlp", "hidden": list(hidden), "activation": "relu"},
-                                                obs_shape, actions))
-        if params > size * teacher_params:
-            break
-        best = (hidden, params, teacher_params)
-    if best is None:
-        raise ConfigError(f"student size {size:g} of {env_id}'s teacher is too small for any {STUDENT_LAYERS}-layer MLP")
-    return best
+    if spec["network"]["kind"] == "cnn":
+        # Rusu et al.'s sizes are nominal (rusu-25 is 25.2% of a Nature CNN): take the nearest,
+        # unless even that is more than half again off the share asked for
+        nearest = min((sized(cnn_spec(name)) for name in RUSU_STUDENTS), key=lambda shape: abs(shape.params - budget))
+        best = nearest if abs(nearest.params / budget - 1) <= 0.5 else None
+    else:
+        for width in range(1, 1025):  # parameters grow with width: stop at the first too big
+            shape = sized({"kind": "mlp", "hidden": [width] * STUDENT_LAYERS, "activation": "relu"})
+            if shape.params > budget:
+                break
+            best = shape
+    if best is not None:
+        return best
+    kinds = f"Rusu CNN ({', '.join(RUSU_STUDENTS)})" if spec["network"]["kind"] == "cnn" else f"{STUDENT_LAYERS}-layer MLP"
+    raise ConfigError(f"student size {size:g} of {env_id}'s teacher is too small for any {kinds}")
 
 
 def _list(data: dict, key: str, where: str, kind: type | tuple = str) -> list:

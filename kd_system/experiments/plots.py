@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from .curves import eval_curve, read_records  # noqa: E402
-from .grid import Grid  # noqa: E402
+from .grid import Grid, env_slug  # noqa: E402
 
 COLOURS = {"teacher": "tab:blue", "student": "tab:orange", "mixed": "tab:green"}
 SIZE_STYLES = ["-", "--", ":", "-."]
@@ -39,7 +39,7 @@ def plot_curves(grid: Grid, out_dir: Path, report_dir: Path) -> list[Path]:
         if ax.get_legend_handles_labels()[0]:  # an env whose cells have not run yet gets an empty frame
             ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
-        path = report_dir / f"curves-{env_id.lower()}.png"
+        path = report_dir / f"curves-{env_slug(env_id)}.png"
         fig.savefig(path)
         plt.close(fig)
         written.append(path)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import kd_system
 
-from .grid import Cell, Grid, shipped_config_name, student_hidden
+from .grid import Cell, Grid, env_slug, shipped_config_name, student_shape
 
 THRESHOLD = 0.95
 
@@ -28,8 +28,7 @@ def _child_env() -> dict[str, str]:
 
 
 def cell_command(grid: Grid, cell: Cell, runs_dir: Path) -> list[str]:
-    hidden, _, _ = student_hidden(cell.env_id, cell.size)
-    sets = [f"head.runs_dir={runs_dir}", f"head.run_name={cell.name}", f"student.hidden=[{','.join(map(str, hidden))}]",
+    sets = [f"head.runs_dir={runs_dir}", f"head.run_name={cell.name}", *student_shape(cell.env_id, cell.size).overrides(),
             f"learner.loss={cell.loss}", f"actors.acting={cell.acting}", *grid.overrides(cell)]
     command = [sys.executable, "-m", "kd_system.cli", "run", "--config", shipped_config_name(cell.env_id)]
     for item in sets:
@@ -65,7 +64,7 @@ def run_cells(grid: Grid, out_dir: Path, log=print) -> None:
 
 
 def scratch_path(out_dir: Path, env_id: str, size: float) -> Path:
-    return out_dir / "scratch" / f"{env_id.lower()}-{size * 100:g}pct-dqn.json"
+    return out_dir / "scratch" / f"{env_slug(env_id)}-{size * 100:g}pct-dqn.json"
 
 
 def run_scratch(grid: Grid, out_dir: Path, log=print) -> None:
@@ -78,10 +77,10 @@ def run_scratch(grid: Grid, out_dir: Path, log=print) -> None:
         if path.is_file():
             log(f"{tag}: done earlier, skipped")
             continue
-        hidden, _, _ = student_hidden(env_id, size)
-        log(f"{tag}: start (RLlib DQN, hidden {list(hidden)}, up to {budget.max_env_steps} env steps / {budget.max_wall_s:g} s)")
+        network = student_shape(env_id, size).network
+        log(f"{tag}: start (RLlib DQN, {network.get('preset') or network['hidden']}, up to {budget.max_env_steps} env steps / {budget.max_wall_s:g} s)")
         command = [sys.executable, "-m", "kd_system.experiments.scratch_main", "--env", env_id,
-                   "--hidden", ",".join(map(str, hidden)), "--out", str(path),
+                   "--network", json.dumps(network), "--out", str(path),
                    "--budget", json.dumps(budget.__dict__)]
         start = time.monotonic()
         with open(out_dir / "logs" / f"{path.stem}.log", "w") as out:
