@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="distil a teacher into a student (default: the shipped CartPole-v1 teacher)")
-    run.add_argument("--config", help="YAML run config, or a shipped config name (cartpole-v1, acrobot-v1, lunarlander-v3)")
+    run.add_argument("--config", help="YAML run config, or a shipped config name in kd_system/configs/, e.g. cartpole-v1, multitask-classic, breakout-v5")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one setting, e.g. --set learner.lr=3e-4 (repeatable)")
     run.add_argument("--address", help="join a running Ray cluster (auto or HOST:PORT) instead of starting a local one")

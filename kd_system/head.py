@@ -3,6 +3,7 @@ evaluates without pausing training, stops on a target / budget, and writes ``sum
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,7 +340,8 @@ def run(config: RunConfig, run: RunDirectory, address: str | None = None, resume
     try:
         store_addresses = head._start_stores()
         head.started_ray = connect_ray(address)
-        components = start_components(config, prepared, store_addresses)
+        local = head.started_ray and not (address or os.environ.get("RAY_ADDRESS"))
+        components = start_components(config, prepared, store_addresses, fixed_cluster=local)
         head.metrics = MetricsLog(run.metrics_path, run.tensorboard_dir)
         head.placement = placement(components)
         say(f"placement: learner on node {head.placement['learner'][:8]}, actors on "

@@ -14,7 +14,7 @@ from .acting import TeacherShareSchedule
 from .cluster_info import actors_per_task
 from .collector import Collector, CollectorSettings
 from .config import RunConfig, limiter_of
-from .errors import KDError
+from .errors import ConfigError, KDError
 from .evaluator import Evaluator
 from .metrics import say
 from .learner import Learner, LearnerTask
@@ -117,9 +117,26 @@ def make_collector(config: RunConfig, actor_id: int, task_index: int, prepared: 
                              task.student_spec)
 
 
-def start_components(config: RunConfig, prepared: Prepared, stores: list[StoreAddress]) -> Components:
-    """``actors.num_actors`` collectors per task, one learner, one evaluator per task."""
+def check_cpu_reservations(config: RunConfig, actors_per_task: int, num_tasks: int, cluster_cpus: float) -> None:
+    """Refuse reservations a fixed cluster can never grant: Ray would leave the last component
+    pending forever, and the run would hang without a word."""
+    actors = actors_per_task * num_tasks
+    asked = actors * config.actors.num_cpus + config.learner.num_cpus + num_tasks * config.head.evaluator_num_cpus
+    if asked > cluster_cpus + 1e-9:
+        raise ConfigError(
+            f"actors.num_cpus ({config.actors.num_cpus:g} x {actors} actors) + learner.num_cpus "
+            f"({config.learner.num_cpus:g}) + head.evaluator_num_cpus ({config.head.evaluator_num_cpus:g} x {num_tasks}) "
+            f"reserve {asked:g} CPUs, but the local Ray cluster has {cluster_cpus:g}; lower them (they are Ray "
+            "reservations for placement, not limits on the threads each part uses)")
+
+
+def start_components(config: RunConfig, prepared: Prepared, stores: list[StoreAddress],
+                     fixed_cluster: bool = False) -> Components:
+    """``actors.num_actors`` collectors per task, one learner, one evaluator per task. On a
+    ``fixed_cluster`` (the local one this process started) reservations that cannot fit are refused."""
     per_task = actors_per_task(config, len(prepared.tasks))  # a fixed number, or what the cluster has room for
+    if fixed_cluster:
+        check_cpu_reservations(config, per_task, len(prepared.tasks), float(ray.cluster_resources().get("CPU", 0.0)))
     collector_tasks = [t for t in range(len(prepared.tasks)) for _ in range(per_task)]
     collectors = [make_collector(config, i, t, prepared, stores) for i, t in enumerate(collector_tasks)]
     gpus = learner_gpus(config)

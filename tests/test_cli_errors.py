@@ -73,3 +73,10 @@ def test_eval_missing_and_corrupt_checkpoint(bad_files):
 
 def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
     assert_one_line_error(kd("run", "--resume", str(tmp_path)), str(tmp_path), "not a kd_system run directory")
+
+
+def test_cpu_reservations_the_local_cluster_cannot_grant_are_refused_not_left_pending(tmp_path):
+    # Ray would leave the evaluator pending forever and the run would hang in silence
+    result = kd("run", "--set", "actors.num_cpus=40", "--set", f"head.runs_dir={tmp_path}")
+    assert_one_line_error(result, "actors.num_cpus (40 x 2 actors)", "learner.num_cpus", "head.evaluator_num_cpus",
+                          "lower them")

@@ -77,3 +77,22 @@ def test_missing_config_file_lists_shipped_names():
 def test_shipped_configs_load_by_name(name):
     config = load_config(name)
     assert config.teacher.checkpoint.startswith("shipped:")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (PACKAGE_DIR / "configs").glob("*.yaml")))
+def test_shipped_configs_reserve_no_more_than_two_cpus(name):
+    from kd_system.topology import check_cpu_reservations
+
+    config = load_config(name)
+    actors = config.actors.num_actors
+    if actors != "auto":  # "auto" sizes itself to the cluster
+        check_cpu_reservations(config, actors, len(config.task_list()), cluster_cpus=2.0)
+
+
+def test_cpu_reservation_check_names_each_setting():
+    from kd_system.topology import check_cpu_reservations
+
+    config = load_config("cartpole-v1")
+    check_cpu_reservations(config, 2, 1, cluster_cpus=1.25)  # 2 x 0.25 + 0.5 + 0.25: exactly fits
+    with pytest.raises(ConfigError, match=r"reserve 1.25 CPUs, but the local Ray cluster has 1"):
+        check_cpu_reservations(config, 2, 1, cluster_cpus=1.0)
