@@ -47,11 +47,12 @@ def teacher_card(teacher_dir: Path) -> dict:
             "teacher_params": spec["num_params"]}
 
 
-MLP_SCRATCH_LR = 1e-3
+MLP_SCRATCH_LR = 1e-3  # the shipped CartPole DQN teacher's learning rate
 
 
 def _dqn_setup(env_id: str, network: dict[str, Any], budget: ScratchBudget, seed: int):
-    """(algo, export) for RLlib DQN on ``network``; ``export()`` gives our network with the current weights."""
+    """(algo, its hyper-parameters, export) for RLlib DQN on ``network``; ``export()`` gives our
+    network with the algo's current weights."""
     spaces = env_spaces(env_id)
     if is_atari_id(env_id):  # trains with the teacher-training settings, like an Atari teacher
         hparams = {**ATARI_DEFAULTS["dqn"], **({"lr": budget.lr} if budget.lr else {}),
