@@ -197,7 +197,7 @@ def _eval_policy_text(env_id: str) -> str:
 
 def _return_label(card: dict) -> str:
     epsilon = card.get("eval_epsilon", 0.0)
-    return f"Return, epsilon-greedy {epsilon:g}" if epsilon else "Greedy return"
+    return f"Epsilon-greedy ({epsilon:g}) return" if epsilon else "Greedy return"
 
 
 def _write_teacher(cfg: TeacherTrainConfig, spec: PolicySpec, best: dict, total_steps: int, total_wall: float) -> Path:

@@ -9,6 +9,7 @@ from kd_system.config import PACKAGE_DIR, load_config
 from kd_system.evaluation import random_act_fn, run_episodes
 from kd_system.networks import count_parameters
 from kd_system.policy_files import FrozenPolicy
+from kd_system.teacher_training import _markdown
 
 TEACHER_DIR = PACKAGE_DIR / "teachers" / "breakout-v5"
 
@@ -22,6 +23,8 @@ def test_breakout_teacher_is_a_nature_cnn_with_an_honest_card():
     assert card["eval_return_mean"] > card["random_return_mean"] + 5  # clearly better than random play
     markdown = (TEACHER_DIR / "MODEL_CARD.md").read_text()
     assert f"{card['eval_return_mean']:.2f}" in markdown and "Reproduce with" in markdown
+    assert card["eval_epsilon"] == 0.05  # Atari games are scored epsilon-greedy (evaluation.eval_epsilon)
+    assert markdown.startswith(_markdown(spec, card).rstrip())  # the generated card, plus how it was made
     assert load_config("breakout-v5").teacher.checkpoint == "shipped:breakout-v5"
     assert (TEACHER_DIR / "model.safetensors").stat().st_size < 8 * 2**20
 
