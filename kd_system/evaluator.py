@@ -16,7 +16,7 @@ import torch
 from .evaluation import random_act_fn, run_episodes
 from .losses import kl_divergence, resolve_temperature
 from .policy_files import FrozenPolicy, PolicyBundle, PolicySpec
-from .scores import greedy_agreement, normalized_score, normalized_score_ci95
+from .scores import greedy_agreement, normalized_score, normalized_score_ci95, paired_score_error
 
 __all__ = ["Evaluator", "ReferenceReturns", "normalized_score"]
 
@@ -83,6 +83,7 @@ class Evaluator:
         student = FrozenPolicy.from_bundle(student_bundle)
         result = run_episodes(self.env_id, student.greedy_actions, episodes, seed, record_obs_limit=self.heldout_states)
         low, high = normalized_score_ci95(result.returns, ref.teacher, ref.random)
+        error, dof = paired_score_error(result.returns, ref.teacher, ref.random)
         report = {"student_return_mean": result.mean, "student_return_std": result.std,
                   "student_returns": result.returns.tolist(), "episodes": episodes, "seed": seed,
                   "env_steps": result.env_steps, "teacher_return_mean": float(ref.teacher.mean()),
@@ -90,7 +91,9 @@ class Evaluator:
                   "normalized_score": normalized_score(result.mean, float(ref.teacher.mean()), float(ref.random.mean())),
                   "normalized_score_ci95": [low, high],
                   # the bounds again as scalars: TensorBoard plots scalars only
-                  "normalized_score_ci95_low": low, "normalized_score_ci95_high": high}
+                  "normalized_score_ci95_low": low, "normalized_score_ci95_high": high,
+                  # what a multi-task run needs to put an interval on its mean over tasks
+                  "normalized_score_se": error, "normalized_score_dof": dof}
         if self.heldout_obs is not None:
             report["agreement_teacher_states"], report["kl_teacher_states"] = self._compare(
                 student, self.heldout_obs, self.heldout_teacher_out)

@@ -152,7 +152,7 @@ class Head:
             say("the teacher scored no better than a random policy on the evaluation episodes, so the "
                 "teacher-normalized score is undefined (nan); snapshots are ranked by agreement with the teacher")
         agreement = report.get("agreement_teacher_states", 0.0)
-        score_high = report.get("normalized_score_ci95_high", float("nan"))  # single-task reports only
+        score_high = report.get("normalized_score_ci95_high", float("nan"))
         if snapshot.is_dir() and (self.best is None or self._selection_key(score, agreement, score_high) >=
                                   self._selection_key(self.best["score"], self.best.get("agreement", 0.0),
                                                       self.best.get("score_high", float("nan")))):
@@ -359,7 +359,12 @@ def run(config: RunConfig, run: RunDirectory, address: str | None = None, resume
             say(f"{task['env_id']}: student {task['student_return_mean']:.1f} vs teacher {task['teacher_return_mean']:.1f} "
                 f"(random {task['random_return_mean']:.1f}) -> normalized {task['normalized_score']:.3f} "
                 f"(95% CI [{low:.3f}, {high:.3f}])")
-        say(f"done ({head.stop_reason}): normalized score {summary['normalized_score']:.3f}; summary in {run.summary_path}")
+        outcome = f"normalized score {summary['normalized_score']:.3f}"
+        if prepared.multi_task:
+            low, high = summary["normalized_score_ci95"]
+            outcome = (f"mean normalized score over tasks {summary['normalized_score']:.3f} (95% CI [{low:.3f}, "
+                       f"{high:.3f}]), worst task {summary['normalized_score_min']:.3f}")
+        say(f"done ({head.stop_reason}): {outcome}; summary in {run.summary_path}")
         return summary
     finally:
         if components is not None:

@@ -24,21 +24,51 @@ def normalized_score(student: float, teacher: float, random: float) -> float:
     return float((student - random) / gap) if abs(gap) > 1e-9 else float("nan")
 
 
-def normalized_score_ci95(student_returns: np.ndarray, teacher_returns: np.ndarray,
-                          random_returns: np.ndarray) -> tuple[float, float]:
-    """Paired 95% t-interval of the normalized score; episode i of student and teacher share a seed.
-
-    NaN bounds when it is undefined: one episode, or a teacher no better than random."""
+def paired_score_error(student_returns: np.ndarray, teacher_returns: np.ndarray,
+                       random_returns: np.ndarray) -> tuple[float, int]:
+    """(standard error, degrees of freedom) of the paired normalized score; episode i of student
+    and teacher share a seed. NaN error when undefined: one episode, or a teacher no better than random."""
     student, teacher = np.asarray(student_returns, float), np.asarray(teacher_returns, float)
     if student.shape != teacher.shape:
         raise ValueError(f"paired returns need equal episode counts, got {student.shape} and {teacher.shape}")
     gap = teacher.mean() - float(np.mean(random_returns))
     n = len(student)
     if n < 2 or abs(gap) <= 1e-9:
-        return float("nan"), float("nan")
+        return float("nan"), max(n - 1, 0)
     differences = (student - teacher) / gap
-    centre = 1.0 + differences.mean()
-    half_width = stats.t.ppf(0.975, n - 1) * differences.std(ddof=1) / math.sqrt(n)
+    return float(differences.std(ddof=1) / math.sqrt(n)), n - 1
+
+
+def normalized_score_ci95(student_returns: np.ndarray, teacher_returns: np.ndarray,
+                          random_returns: np.ndarray) -> tuple[float, float]:
+    """Paired 95% t-interval of the normalized score; episode i of student and teacher share a seed.
+
+    NaN bounds when it is undefined: one episode, or a teacher no better than random."""
+    error, dof = paired_score_error(student_returns, teacher_returns, random_returns)
+    if not math.isfinite(error):
+        return float("nan"), float("nan")
+    teacher = float(np.mean(teacher_returns))
+    centre = normalized_score(float(np.mean(student_returns)), teacher, float(np.mean(random_returns)))
+    half_width = stats.t.ppf(0.975, dof) * error
+    return float(centre - half_width), float(centre + half_width)
+
+
+def mean_score_ci95(scores: list[float], errors: list[float], dofs: list[int]) -> tuple[float, float]:
+    """95% interval of the mean of independent task scores (a multi-task student's mean).
+
+    The mean's standard error is sqrt(sum(se_k^2)) / K; its degrees of freedom follow
+    Welch-Satterthwaite, sum(se_k^2)^2 / sum(se_k^4 / dof_k), as the tasks' spreads differ. A task
+    whose paired differences are all zero (CartPole at 500 every episode) adds no width. NaN bounds
+    when any task's error is undefined."""
+    if not scores or not all(math.isfinite(e) for e in errors) or any(d < 1 for d in dofs):
+        return float("nan"), float("nan")
+    centre = sum(scores) / len(scores)
+    variances = [e * e for e in errors]
+    total = sum(variances)
+    if total == 0.0:
+        return centre, centre
+    welch_dof = total ** 2 / sum(v * v / d for v, d in zip(variances, dofs))
+    half_width = stats.t.ppf(0.975, welch_dof) * math.sqrt(total) / len(scores)
     return float(centre - half_width), float(centre + half_width)
 
 

@@ -10,7 +10,7 @@ from kd_system.config import resolve_teacher_path
 from kd_system.evaluator import Evaluator
 from kd_system.networks import build_network, count_parameters
 from kd_system.policy_files import PolicyBundle, PolicySpec, load_bundle
-from kd_system.scores import greedy_agreement, normalized_score, normalized_score_ci95
+from kd_system.scores import greedy_agreement, mean_score_ci95, normalized_score, normalized_score_ci95, paired_score_error
 
 EPISODES = 4
 
@@ -44,6 +44,24 @@ def test_ci_is_undefined_for_one_episode_or_no_gap_and_refuses_unpaired_returns(
     assert all(math.isnan(b) for b in normalized_score_ci95(np.ones(3), np.full(3, 2.0), np.full(3, 2.0)))
     with pytest.raises(ValueError, match="equal episode counts"):
         normalized_score_ci95(np.ones(3), np.ones(4), np.zeros(4))
+
+
+def test_paired_error_is_the_ci_s_standard_error():
+    # the first case above: se 0.0408248 on 3 degrees of freedom
+    error, dof = paired_score_error(np.array([90, 100, 110, 100]), np.full(4, 100.0), np.zeros(4))
+    assert error == pytest.approx(0.0408248, abs=1e-7) and dof == 3
+
+
+def test_mean_over_tasks_ci_by_hand():
+    # CartPole-like task with no spread (se 0) and one with se 0.01 on 99 dof: the mean's se is
+    # sqrt(0 + 0.0001) / 2 = 0.005; Welch dof = 0.0001^2 / (0.0001^2 / 99) = 99; t(0.975, 99) = 1.984217
+    # -> half width 0.009921 around 0.99
+    assert mean_score_ci95([1.0, 0.98], [0.0, 0.01], [29, 99]) == pytest.approx((0.980079, 0.999921), abs=1e-6)
+    # se 0.01 on 9 dof and 0.02 on 19: variance sum 5e-4, Welch dof = 5e-4^2 / (1e-8/9 + 1.6e-7/19) = 26.227,
+    # t(0.975, 26.227) = 2.054664 -> half width 2.054664 * sqrt(5e-4) / 2 = 0.022972 around 1.01
+    assert mean_score_ci95([1.0, 1.02], [0.01, 0.02], [9, 19]) == pytest.approx((0.987028, 1.032972), abs=1e-6)
+    assert mean_score_ci95([1.0, 1.0], [0.0, 0.0], [9, 9]) == (1.0, 1.0)
+    assert all(math.isnan(b) for b in mean_score_ci95([1.0, 1.0], [math.nan, 0.0], [9, 9]))
 
 
 def test_greedy_agreement_by_hand():

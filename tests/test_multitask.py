@@ -44,6 +44,17 @@ def test_combined_report_is_the_mean_with_the_worst_task():
     assert combined["normalized_score_min"] == pytest.approx(0.96)
     assert combined["agreement_teacher_states"] == pytest.approx(0.85)
     assert combined["acrobot-v1.env_steps"] == 20 and math.isnan(combined["kl_teacher_states"])
+    assert all(math.isnan(b) for b in combined["normalized_score_ci95"])  # no standard errors given
+
+
+def test_combined_report_puts_a_ci_on_the_mean_that_the_snapshot_pick_reads():
+    # se 0 (CartPole at 500 every episode) and 0.01 on 99 dof: the mean 0.999 has half width
+    # t(0.975, 99) * 0.01 / 2 = 0.009921
+    reports = [{"normalized_score": 1.0, "normalized_score_se": 0.0, "normalized_score_dof": 29},
+               {"normalized_score": 0.998, "normalized_score_se": 0.01, "normalized_score_dof": 99}]
+    combined = combine_reports(["cartpole-v1", "acrobot-v1"], reports)
+    assert combined["normalized_score_ci95"] == pytest.approx([0.989079, 1.008921], abs=1e-6)
+    assert combined["normalized_score_ci95_high"] == combined["normalized_score_ci95"][1]
 
 
 def test_multi_task_config_is_checked_per_task(tmp_path):
@@ -74,6 +85,8 @@ def test_short_multi_task_run_then_resume(tmp_path):
     assert summary["normalized_score"] == pytest.approx(
         sum(task["normalized_score"] for task in summary["tasks"]) / 2)
     assert summary["normalized_score_min"] == min(task["normalized_score"] for task in summary["tasks"])
+    low, high = summary["normalized_score_ci95"]
+    assert low <= summary["normalized_score"] <= high
     assert summary["student_params"] < sum(task["student_params"] for task in summary["tasks"])  # shared trunk
     best = Path(summary["best_checkpoint"])
     for task in ("cartpole-v1", "acrobot-v1"):  # each task's student is an ordinary checkpoint
