@@ -73,6 +73,8 @@ class LearnerConfig:
     student_temperature: float | None = None  # None: student not softened; a number: Hinton's T² scaled KL
     batch_size: int = 256
     lr: float = 1e-3
+    lr_final: float | None = None  # None: lr throughout; a number: cosine decay from lr to this ...
+    lr_decay_updates: int = 10_000  # ... over this many updates, then held (kd_system/learner.py)
     weight_decay: float = 0.0
     grad_clip_norm: float = 10.0
     publish_every_updates: int = 200
@@ -352,6 +354,9 @@ def validate(config: RunConfig) -> None:
              "learner.student_temperature must be > 0 (or null to leave the student unsoftened)")
     _require(lrn.temperature is None or lrn.temperature > 0, "learner.temperature must be > 0 (or null for the default)")
     _require(lrn.batch_size >= 1 and lrn.lr > 0, "learner.batch_size must be >= 1 and learner.lr > 0")
+    _require(lrn.lr_final is None or 0 < lrn.lr_final <= lrn.lr,
+             "learner.lr_final must be > 0 and <= learner.lr (or null for a constant learning rate)")
+    _require(lrn.lr_decay_updates >= 1, "learner.lr_decay_updates must be >= 1")
     _require(lrn.device in ("auto", "cpu", "cuda"), "learner.device must be auto, cpu or cuda")
     _require(lrn.precision in ("auto", "fp32", "bf16"), "learner.precision must be auto (bf16 on CUDA, fp32 on CPU), "
              "fp32 or bf16")

@@ -8,6 +8,7 @@ layers, and every update takes one batch from each task and sums their losses.
 from __future__ import annotations
 
 import io
+import math
 import time
 from dataclasses import dataclass
 
@@ -56,6 +57,17 @@ def build_students(specs: list[PolicySpec]) -> list[torch.nn.Module]:
     shared = SharedTrunkMLPs([(dim, spec.num_actions) for dim, spec in zip(obs_dims, specs)],
                              list(network["hidden"]), network.get("activation", "relu"))
     return list(shared.views)
+
+
+def learning_rate(config: LearnerConfig, updates: int) -> float:
+    """The learning rate for an update: constant, or cosine-decayed from lr to lr_final.
+
+    A student that already matches its teacher on most states keeps moving at a constant rate
+    (noisy minibatch gradients); a decayed rate lets it settle on the rare states it still gets wrong."""
+    if config.lr_final is None:
+        return config.lr
+    progress = min(updates, config.lr_decay_updates) / config.lr_decay_updates
+    return config.lr_final + 0.5 * (config.lr - config.lr_final) * (1.0 + math.cos(math.pi * progress))
 
 
 def unique_parameters(modules: list[torch.nn.Module]) -> list[torch.nn.Parameter]:
@@ -108,6 +120,8 @@ class Learner:
         loss = sum(fn(out.float(), batch["teacher_out"]) for fn, out, batch in zip(self.loss_fns, outputs, batches))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for group in self.optimizer.param_groups:  # from the update count, so a resumed run continues the schedule
+            group["lr"] = learning_rate(self.config, self.updates)
         torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip_norm)
         self.optimizer.step()
         self.updates += 1

@@ -1,4 +1,6 @@
 """The components in one process against a real redis-server: no Ray involved."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 from kd_system.collector import Collector, CollectorSettings
 from kd_system.config import LearnerConfig
 from kd_system.evaluator import Evaluator, normalized_score
-from kd_system.learner import Learner, LearnerTask
+from kd_system.learner import Learner, LearnerTask, learning_rate
 from kd_system.networks import build_network, count_parameters
 from kd_system.policy_files import FrozenPolicy, PolicyBundle, PolicySpec
 from kd_system.rate_limit import SampleToInsertLimiter
@@ -103,6 +105,25 @@ def test_learner_bf16_autocast_trains_with_fp32_losses(address, teacher):
     assert reports[0]["precision"] == "bf16" and reports[-1]["updates"] > 0
     assert losses and all(np.isfinite(losses))
     assert all(p.dtype == torch.float32 for p in learner.parameters)  # master weights stay fp32
+    for component in (collector, learner):
+        component.close()
+
+
+def test_learning_rate_schedule_by_hand():
+    cosine = LearnerConfig(lr=1e-3, lr_final=1e-4, lr_decay_updates=100)
+    # lr_final + (lr - lr_final) * (1 + cos(pi * t / 100)) / 2: 1e-3 at 0, halfway 5.5e-4 at 50, 1e-4 from 100 on
+    assert [learning_rate(cosine, u) for u in (0, 50, 100, 500)] == pytest.approx([1e-3, 5.5e-4, 1e-4, 1e-4])
+    assert learning_rate(cosine, 25) == pytest.approx(1e-4 + 0.45e-3 * (1 + math.cos(math.pi / 4)))
+    assert learning_rate(LearnerConfig(lr=3e-4), 10**6) == 3e-4
+
+
+def test_learner_applies_the_schedule_to_its_optimizer(address, teacher):
+    collector = Collector(collector_settings(), address, teacher)
+    collector.collect(0.3)
+    learner = make_learner(address, teacher, lr_final=1e-5, lr_decay_updates=10)
+    report = learner.train(0.5)
+    assert report["updates"] > 10  # past the decay: the last update ran at lr_final
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
     for component in (collector, learner):
         component.close()
 
