@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_cli(commands)
     from .experiments.command import register_cli as register_experiment
     register_experiment(commands)
+    from .experiments.repeats import register_cli as register_repeat
+    register_repeat(commands)
     from .bench.command import register_cli as register_bench
     register_bench(commands)
     return parser

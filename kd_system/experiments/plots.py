@@ -80,3 +80,35 @@ def plot_steps_bars(rows: list[dict], report_dir: Path, threshold: float) -> lis
     fig.savefig(path)
     plt.close(fig)
     return [path]
+
+
+def plot_seed_curves(out_dir: Path, seeds: list[int], report_dir: Path) -> list[Path]:
+    """Per task: normalized score (top) and greedy agreement on held-out teacher states (bottom) vs
+    learner updates, one line per seed. The axes are zoomed near the teacher: the interesting
+    differences between seeds are in the third decimal."""
+    from .repeats import seed_run_name
+
+    runs = {seed: out_dir / "runs" / seed_run_name(seed) / "metrics.jsonl" for seed in seeds}
+    runs = {seed: [r for r in read_records(path) if r.get("kind") == "eval"] for seed, path in runs.items() if path.is_file()}
+    runs = {seed: evals for seed, evals in runs.items() if evals}
+    if not runs:
+        return []
+    first = next(iter(runs.values()))[0]
+    tasks = sorted({key.split(".")[0] for key in first if key.endswith(".normalized_score")}) or [""]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.6 * len(tasks), 5.2), dpi=80, squeeze=False)
+    for column, task in enumerate(tasks):
+        prefix = f"{task}." if task else ""
+        for seed, evals in runs.items():
+            updates = [r["updates"] for r in evals]
+            for row, key in enumerate(("normalized_score", "agreement_teacher_states")):
+                axes[row][column].plot(updates, [r.get(prefix + key, float("nan")) for r in evals], marker=".",
+                                       linewidth=1, label=f"seed {seed}")
+        axes[0][column].axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+        axes[0][column].set(title=task or "score", ylabel="teacher-normalized score", ylim=(0.95, 1.01))
+        axes[1][column].set(xlabel="learner updates", ylabel="agreement, teacher states", ylim=(0.85, 1.0))
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = report_dir / "curves-seeds.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]

@@ -21,7 +21,7 @@ from .grid import Cell, Grid, env_slug, shipped_config_name, student_shape
 THRESHOLD = 0.95
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     # children import the same kd_system as this process (a worktree or a checkout, not whatever is installed)
     root = str(Path(kd_system.__file__).resolve().parents[1])
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
@@ -53,7 +53,7 @@ def run_cells(grid: Grid, out_dir: Path, log=print) -> None:
         log(f"{tag}: start")
         start = time.monotonic()
         with open(logs_dir / f"{cell.name}.log", "w") as out:
-            code = subprocess.call(cell_command(grid, cell, runs_dir), stdout=out, stderr=subprocess.STDOUT, env=_child_env())
+            code = subprocess.call(cell_command(grid, cell, runs_dir), stdout=out, stderr=subprocess.STDOUT, env=child_env())
         wall = time.monotonic() - start
         if code != 0 or not (run_dir / "summary.json").is_file():
             log(f"{tag}: FAILED (exit {code}) after {wall:.0f} s; see {logs_dir / f'{cell.name}.log'}")
@@ -84,7 +84,7 @@ def run_scratch(grid: Grid, out_dir: Path, log=print) -> None:
                    "--budget", json.dumps(budget.__dict__)]
         start = time.monotonic()
         with open(out_dir / "logs" / f"{path.stem}.log", "w") as out:
-            code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=_child_env())
+            code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=child_env())
         if code != 0 or not path.is_file():
             log(f"{tag}: FAILED (exit {code}); see {out_dir / 'logs' / f'{path.stem}.log'}")
             continue
