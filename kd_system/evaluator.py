@@ -16,7 +16,7 @@ import torch
 from .evaluation import random_act_fn, run_episodes
 from .losses import kl_divergence, resolve_temperature
 from .policy_files import FrozenPolicy, PolicyBundle, PolicySpec
-from .scores import greedy_agreement, normalized_score, normalized_score_ci95, paired_score_error
+from .scores import disagreement_margin, greedy_agreement, normalized_score, normalized_score_ci95, paired_score_error
 
 __all__ = ["Evaluator", "ReferenceReturns", "normalized_score"]
 
@@ -69,12 +69,12 @@ class Evaluator:
             return self.student_temperature
         return self.temperature if spec.output_kind == "q" else 1.0
 
-    def _compare(self, student: FrozenPolicy, obs: np.ndarray, teacher_out: np.ndarray) -> tuple[float, float]:
-        """(greedy-action agreement, mean KL(teacher || student)) on the given states."""
+    def _compare(self, student: FrozenPolicy, obs: np.ndarray, teacher_out: np.ndarray) -> tuple[float, float, float]:
+        """(greedy-action agreement, mean KL(teacher || student), disagreement margin) on the given states."""
         student_out = student.outputs(obs)
         kl = kl_divergence(torch.from_numpy(student_out), torch.from_numpy(teacher_out), self.temperature,
                            self._student_temperature(student.spec))
-        return greedy_agreement(student_out, teacher_out), float(kl)
+        return greedy_agreement(student_out, teacher_out), float(kl), disagreement_margin(student_out, teacher_out)
 
     def evaluate(self, student_bundle: PolicyBundle, episodes: int, seed: int) -> dict:
         ref = self.reference
@@ -95,9 +95,10 @@ class Evaluator:
                   # what a multi-task run needs to put an interval on its mean over tasks
                   "normalized_score_se": error, "normalized_score_dof": dof}
         if self.heldout_obs is not None:
-            report["agreement_teacher_states"], report["kl_teacher_states"] = self._compare(
-                student, self.heldout_obs, self.heldout_teacher_out)
+            (report["agreement_teacher_states"], report["kl_teacher_states"],
+             report["disagreement_margin_teacher_states"]) = self._compare(student, self.heldout_obs, self.heldout_teacher_out)
         if result.visited_obs is not None:
-            report["agreement_student_states"], report["kl_student_states"] = self._compare(
+            (report["agreement_student_states"], report["kl_student_states"],
+             report["disagreement_margin_student_states"]) = self._compare(
                 student, result.visited_obs, self.teacher.outputs(result.visited_obs))
         return report

@@ -75,3 +75,24 @@ def mean_score_ci95(scores: list[float], errors: list[float], dofs: list[int]) -
 def greedy_agreement(student_out: np.ndarray, teacher_out: np.ndarray) -> float:
     """Share of states where the student's greedy action is the teacher's."""
     return float(np.mean(student_out.argmax(axis=1) == teacher_out.argmax(axis=1)))
+
+
+def disagreement_margin(student_out: np.ndarray, teacher_out: np.ndarray) -> float:
+    """How much the teacher cares about the states where the student's greedy action differs.
+
+    At each such state, the teacher's preference for its own action over the student's
+    (teacher_out[a_teacher] - teacher_out[a_student], in the teacher's own units: Q-values or
+    logits), as a median over those states, divided by the median over all states of the
+    teacher's preference for its best action over its second best. Near 0: the student only
+    differs where the teacher is nearly indifferent, so agreement below 100% costs no return in
+    expectation. NaN when the student agrees everywhere or the teacher is indifferent everywhere."""
+    teacher_out = np.asarray(teacher_out, float)
+    teacher_best, student_best = teacher_out.argmax(axis=1), np.asarray(student_out).argmax(axis=1)
+    differs = teacher_best != student_best
+    ranked = np.sort(teacher_out, axis=1)
+    typical = float(np.median(ranked[:, -1] - ranked[:, -2]))
+    if not differs.any() or typical <= 0.0:
+        return float("nan")
+    rows = np.flatnonzero(differs)
+    lost = teacher_out[rows, teacher_best[rows]] - teacher_out[rows, student_best[rows]]
+    return float(np.median(lost) / typical)

@@ -57,6 +57,8 @@ def task_summary(task: PreparedTask, baselines: dict[str, Any], final: dict[str,
         "agreement_teacher_states": final.get("agreement_teacher_states"),
         "agreement_student_states": final.get("agreement_student_states"),
         "kl_teacher_states": final.get("kl_teacher_states"), "kl_student_states": final.get("kl_student_states"),
+        "disagreement_margin_teacher_states": final.get("disagreement_margin_teacher_states"),
+        "disagreement_margin_student_states": final.get("disagreement_margin_student_states"),
     }
 
 

@@ -10,7 +10,7 @@ from kd_system.config import resolve_teacher_path
 from kd_system.evaluator import Evaluator
 from kd_system.networks import build_network, count_parameters
 from kd_system.policy_files import PolicyBundle, PolicySpec, load_bundle
-from kd_system.scores import greedy_agreement, mean_score_ci95, normalized_score, normalized_score_ci95, paired_score_error
+from kd_system.scores import disagreement_margin, greedy_agreement, mean_score_ci95, normalized_score, normalized_score_ci95, paired_score_error
 
 EPISODES = 4
 
@@ -62,6 +62,15 @@ def test_mean_over_tasks_ci_by_hand():
     assert mean_score_ci95([1.0, 1.02], [0.01, 0.02], [9, 19]) == pytest.approx((0.987028, 1.032972), abs=1e-6)
     assert mean_score_ci95([1.0, 1.0], [0.0, 0.0], [9, 9]) == (1.0, 1.0)
     assert all(math.isnan(b) for b in mean_score_ci95([1.0, 1.0], [math.nan, 0.0], [9, 9]))
+
+
+def test_disagreement_margin_by_hand():
+    teacher = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 2.9], [0.5, 0.0]])
+    # teacher's best-over-second gaps 1.0, 2.0, 0.1, 0.5: median 0.75. The student differs only on
+    # row 2, where the teacher prefers its action by 3.0 - 2.9 = 0.1 -> 0.1 / 0.75
+    student = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [2.0, 1.0]])
+    assert disagreement_margin(student, teacher) == pytest.approx(0.1 / 0.75)
+    assert math.isnan(disagreement_margin(teacher, teacher))  # agrees everywhere: no disagreement to weigh
 
 
 def test_greedy_agreement_by_hand():
@@ -120,6 +129,7 @@ def test_kl_depends_on_reading_the_student_at_the_learner_temperature(teacher):
     evaluator.baselines(2, seed=0)
     report = evaluator.evaluate(teacher, 2, seed=0)
     assert report["agreement_teacher_states"] == 1.0 and report["kl_teacher_states"] > 0.01
+    assert math.isnan(report["disagreement_margin_teacher_states"])
 
 
 def test_a_bad_student_is_told_apart(teacher):
@@ -132,3 +142,5 @@ def test_a_bad_student_is_told_apart(teacher):
     # student softmax([1, 0]) = [0.731, 0.269]; the KL is at most -ln 0.269 = 1.313 (teacher sure of action 1)
     for key in ("kl_teacher_states", "kl_student_states"):
         assert 0.0 < report[key] <= 1.3133
+    # it differs where the teacher is sure (pushing right), not only at the teacher's near-ties
+    assert report["disagreement_margin_teacher_states"] > 0.2

@@ -78,13 +78,20 @@ def _score(value: float, ci: list[float] | None = None) -> str:
     return text
 
 
+def _margin(task: dict) -> str:
+    value = task.get("disagreement_margin_teacher_states")
+    return "–" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
 def _tasks(row: dict) -> list[dict]:
     return row.get("tasks", [row])
 
 
 def write_seed_table(rows: list[dict], markdown_path: Path, csv_path: Path) -> None:
     """One row per seed: the (mean) score with its CI, every task's score, agreement, cost; then a
-    line over seeds. Scores have four decimals: at a teacher's level the seeds differ in the third."""
+    line over seeds. Scores have four decimals: at a teacher's level the seeds differ in the third.
+    The disagreement margin (scores.disagreement_margin, on held-out teacher states) says whether
+    the states the student still gets wrong matter to the teacher."""
     if not rows:
         markdown_path.write_text("No finished seeds.\n")
         csv_path.write_text("")
@@ -93,14 +100,14 @@ def write_seed_table(rows: list[dict], markdown_path: Path, csv_path: Path) -> N
     multi = len(envs) > 1
     headers = ["seed", "mean normalized score [95% CI]" if multi else "normalized score [95% CI]",
                *[f"{env} [95% CI]" for env in envs] * multi, "agreement (teacher states)", "agreement (student states)",
-               "env steps", "learner updates", "wall s", "stop"]
+               "disagreement margin" + (" per task" if multi else ""), "env steps", "learner updates", "wall s", "stop"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         cells = [str(row["seed"]), _score(row["normalized_score"], row.get("normalized_score_ci95"))]
         if multi:
             cells += [_score(task["normalized_score"], task["normalized_score_ci95"]) for task in _tasks(row)]
         cells += [f"{100 * row['agreement_teacher_states']:.2f}%", f"{100 * row['agreement_student_states']:.2f}%",
-                  f"{row['env_steps']:,}", f"{row['learner_updates']:,}", f"{row['wall_s']:.0f}", row["stop_reason"]]
+                  " / ".join(_margin(task) for task in _tasks(row)), f"{row['env_steps']:,}", f"{row['learner_updates']:,}", f"{row['wall_s']:.0f}", row["stop_reason"]]
         lines.append("| " + " | ".join(cells) + " |")
     scores = [row["normalized_score"] for row in rows]
     worst = [min(task["normalized_score"] for task in _tasks(row)) for row in rows]
