@@ -13,13 +13,10 @@ import argparse
 import csv
 import json
 import math
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from .runner import child_env
+from .runner import run_resumable
 
 
 def seed_run_name(seed: int) -> str:
@@ -41,25 +38,8 @@ def run_seeds(config: str, seeds: list[int], out_dir: Path, overrides: list[str]
     logs_dir.mkdir(parents=True, exist_ok=True)
     for index, seed in enumerate(seeds, 1):
         name = seed_run_name(seed)
-        run_dir, tag = runs_dir / name, f"[seed {index}/{len(seeds)}] {config} seed {seed}"
-        if (run_dir / "summary.json").is_file():
-            log(f"{tag}: done earlier, skipped")
-            continue
-        if run_dir.exists():
-            log(f"{tag}: removing an unfinished run directory and starting it again")
-            shutil.rmtree(run_dir)
-        log(f"{tag}: start")
-        start = time.monotonic()
-        with open(logs_dir / f"{name}.log", "w") as out:
-            code = subprocess.call(seed_command(config, seed, runs_dir, overrides), stdout=out,
-                                   stderr=subprocess.STDOUT, env=child_env())
-        wall = time.monotonic() - start
-        if code != 0 or not (run_dir / "summary.json").is_file():
-            log(f"{tag}: FAILED (exit {code}) after {wall:.0f} s; see {logs_dir / f'{name}.log'}")
-            continue
-        summary = json.loads((run_dir / "summary.json").read_text())
-        log(f"{tag}: finished in {wall:.0f} s: normalized {summary['normalized_score']:.4f} "
-            f"after {summary['learner_updates']} updates ({summary['stop_reason']})")
+        run_resumable(seed_command(config, seed, runs_dir, overrides), runs_dir / name, logs_dir / f"{name}.log",
+                      f"[seed {index}/{len(seeds)}] {config} seed {seed}", log)
 
 
 def seed_rows(out_dir: Path, seeds: list[int]) -> list[dict]:

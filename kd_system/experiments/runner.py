@@ -36,31 +36,35 @@ def cell_command(grid: Grid, cell: Cell, runs_dir: Path) -> list[str]:
     return command
 
 
+def run_resumable(command: list[str], run_dir: Path, log_path: Path, tag: str, log=print) -> dict | None:
+    """Run one ``kd-system run`` subprocess into ``run_dir`` unless it finished earlier; its summary, or None."""
+    if (run_dir / "summary.json").is_file():
+        log(f"{tag}: done earlier, skipped")
+        return json.loads((run_dir / "summary.json").read_text())
+    if run_dir.exists():
+        log(f"{tag}: removing an unfinished run directory and starting it again")
+        shutil.rmtree(run_dir)
+    log(f"{tag}: start")
+    start = time.monotonic()
+    with open(log_path, "w") as out:
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=child_env())
+    wall = time.monotonic() - start
+    if code != 0 or not (run_dir / "summary.json").is_file():
+        log(f"{tag}: FAILED (exit {code}) after {wall:.0f} s; see {log_path}")
+        return None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    log(f"{tag}: finished in {wall:.0f} s: normalized {summary['normalized_score']:.4f} after "
+        f"{summary['env_steps']} env steps, {summary['learner_updates']} updates ({summary['stop_reason']})")
+    return summary
+
+
 def run_cells(grid: Grid, out_dir: Path, log=print) -> None:
     runs_dir, logs_dir = out_dir / "runs", out_dir / "logs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     logs_dir.mkdir(parents=True, exist_ok=True)
-    total = len(grid.cells)
     for index, cell in enumerate(grid.cells, 1):
-        run_dir = runs_dir / cell.name
-        tag = f"[cell {index}/{total}] {cell.name}"
-        if (run_dir / "summary.json").is_file():
-            log(f"{tag}: done earlier, skipped")
-            continue
-        if run_dir.exists():
-            log(f"{tag}: removing an unfinished run directory and starting it again")
-            shutil.rmtree(run_dir)
-        log(f"{tag}: start")
-        start = time.monotonic()
-        with open(logs_dir / f"{cell.name}.log", "w") as out:
-            code = subprocess.call(cell_command(grid, cell, runs_dir), stdout=out, stderr=subprocess.STDOUT, env=child_env())
-        wall = time.monotonic() - start
-        if code != 0 or not (run_dir / "summary.json").is_file():
-            log(f"{tag}: FAILED (exit {code}) after {wall:.0f} s; see {logs_dir / f'{cell.name}.log'}")
-            continue
-        summary = json.loads((run_dir / "summary.json").read_text())
-        log(f"{tag}: finished in {wall:.0f} s: normalized {summary['normalized_score']:.3f} "
-            f"after {summary['env_steps']} env steps ({summary['stop_reason']})")
+        run_resumable(cell_command(grid, cell, runs_dir), runs_dir / cell.name, logs_dir / f"{cell.name}.log",
+                      f"[cell {index}/{len(grid.cells)}] {cell.name}", log)
 
 
 def scratch_path(out_dir: Path, env_id: str, size: float) -> Path:
