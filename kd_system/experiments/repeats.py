@@ -87,7 +87,8 @@ def write_seed_table(rows: list[dict], markdown_path: Path, csv_path: Path) -> N
         if multi:
             cells += [_score(task["normalized_score"], task["normalized_score_ci95"]) for task in _tasks(row)]
         cells += [f"{100 * row['agreement_teacher_states']:.2f}%", f"{100 * row['agreement_student_states']:.2f}%",
-                  " / ".join(_margin(task) for task in _tasks(row)), f"{row['env_steps']:,}", f"{row['learner_updates']:,}", f"{row['wall_s']:.0f}", row["stop_reason"]]
+                  " / ".join(_margin(task) for task in _tasks(row)), f"{row['env_steps']:,}",
+                  f"{row['learner_updates']:,}", f"{row['wall_s']:.0f}", row["stop_reason"]]
         lines.append("| " + " | ".join(cells) + " |")
     scores = [row["normalized_score"] for row in rows]
     worst = [min(task["normalized_score"] for task in _tasks(row)) for row in rows]
