@@ -1,6 +1,7 @@
 """Plots of the results (matplotlib, Agg backend: files only, no display needed)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -95,6 +96,8 @@ def plot_seed_curves(out_dir: Path, seeds: list[int], report_dir: Path) -> list[
         return []
     first = next(iter(runs.values()))[0]
     tasks = sorted({key.split(".")[0] for key in first if key.endswith(".normalized_score")}) or [""]
+    summaries = [out_dir / "runs" / seed_run_name(seed) / "summary.json" for seed in runs]
+    single_title = next((json.loads(p.read_text())["env_id"] for p in summaries if p.is_file()), "score")
     fig, axes = plt.subplots(2, len(tasks), figsize=(3.6 * len(tasks), 5.2), dpi=80, squeeze=False)
     for column, task in enumerate(tasks):
         prefix = f"{task}." if task else ""
@@ -104,7 +107,7 @@ def plot_seed_curves(out_dir: Path, seeds: list[int], report_dir: Path) -> list[
                 axes[row][column].plot(updates, [r.get(prefix + key, float("nan")) for r in evals], marker=".",
                                        linewidth=1, label=f"seed {seed}")
         axes[0][column].axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
-        axes[0][column].set(title=task or "score", ylabel="teacher-normalized score", ylim=(0.95, 1.01))
+        axes[0][column].set(title=task or single_title, ylabel="teacher-normalized score", ylim=(0.95, 1.01))
         axes[1][column].set(xlabel="learner updates", ylabel="agreement, teacher states", ylim=(0.85, 1.0))
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
