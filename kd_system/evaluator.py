@@ -16,7 +16,7 @@ import torch
 from .evaluation import random_act_fn, run_episodes
 from .losses import kl_divergence, resolve_temperature
 from .policy_files import FrozenPolicy, PolicyBundle, PolicySpec
-from .scores import disagreement_margin, greedy_agreement, normalized_score, normalized_score_ci95, paired_score_error
+from .scores import disagreement_margin, greedy_agreement, normalized_score, paired_score_error, t_interval95
 
 __all__ = ["Evaluator", "ReferenceReturns", "normalized_score"]
 
@@ -82,13 +82,14 @@ class Evaluator:
             ref = self._run_reference(episodes, seed, heldout_limit=0)
         student = FrozenPolicy.from_bundle(student_bundle)
         result = run_episodes(self.env_id, student.greedy_actions, episodes, seed, record_obs_limit=self.heldout_states)
-        low, high = normalized_score_ci95(result.returns, ref.teacher, ref.random)
+        score = normalized_score(result.mean, float(ref.teacher.mean()), float(ref.random.mean()))
         error, dof = paired_score_error(result.returns, ref.teacher, ref.random)
+        low, high = t_interval95(score, error, dof)
         report = {"student_return_mean": result.mean, "student_return_std": result.std,
                   "student_returns": result.returns.tolist(), "episodes": episodes, "seed": seed,
                   "env_steps": result.env_steps, "teacher_return_mean": float(ref.teacher.mean()),
                   "random_return_mean": float(ref.random.mean()),
-                  "normalized_score": normalized_score(result.mean, float(ref.teacher.mean()), float(ref.random.mean())),
+                  "normalized_score": score,
                   "normalized_score_ci95": [low, high],
                   # the bounds again as scalars: TensorBoard plots scalars only
                   "normalized_score_ci95_low": low, "normalized_score_ci95_high": high,

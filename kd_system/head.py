@@ -315,7 +315,7 @@ class Head:
         bytes_stored = sum(stats["bytes_stored"] for stats in store_stats)
         states_stored = sum(stats["states_stored"] for stats in store_stats)
         summary = {
-            **run_scores(tasks, self.prepared.teacher_params, self.prepared.student_params),
+            **run_scores(tasks, self.prepared.teacher_params, self.prepared.student_params, final_report),
             "eval_episodes": cfg.final_eval_episodes, "eval_seed": FINAL_EVAL_SEED,
             "env_steps": self.counters.env_steps, "states_labelled": self.counters.states_labelled,
             "learner_updates": self.counters.updates, "wall_s": self.counters.wall_s_before + self._elapsed(),

@@ -45,11 +45,16 @@ def normalized_score_ci95(student_returns: np.ndarray, teacher_returns: np.ndarr
 
     NaN bounds when it is undefined: one episode, or a teacher no better than random."""
     error, dof = paired_score_error(student_returns, teacher_returns, random_returns)
-    if not math.isfinite(error):
+    centre = normalized_score(float(np.mean(student_returns)), float(np.mean(teacher_returns)),
+                              float(np.mean(random_returns)))
+    return t_interval95(centre, error, dof)
+
+
+def t_interval95(centre: float, error: float, dof: float) -> tuple[float, float]:
+    """centre ± t(0.975, dof) · error; NaN bounds when the error is undefined."""
+    if not math.isfinite(error) or dof < 1:
         return float("nan"), float("nan")
-    teacher = float(np.mean(teacher_returns))
-    centre = normalized_score(float(np.mean(student_returns)), teacher, float(np.mean(random_returns)))
-    half_width = stats.t.ppf(0.975, dof) * error
+    half_width = stats.t.ppf(0.975, dof) * error if error > 0 else 0.0
     return float(centre - half_width), float(centre + half_width)
 
 
@@ -62,14 +67,10 @@ def mean_score_ci95(scores: list[float], errors: list[float], dofs: list[int]) -
     when any task's error is undefined."""
     if not scores or not all(math.isfinite(e) for e in errors) or any(d < 1 for d in dofs):
         return float("nan"), float("nan")
-    centre = sum(scores) / len(scores)
     variances = [e * e for e in errors]
     total = sum(variances)
-    if total == 0.0:
-        return centre, centre
-    welch_dof = total ** 2 / sum(v * v / d for v, d in zip(variances, dofs))
-    half_width = stats.t.ppf(0.975, welch_dof) * math.sqrt(total) / len(scores)
-    return float(centre - half_width), float(centre + half_width)
+    welch_dof = total ** 2 / sum(v * v / d for v, d in zip(variances, dofs)) if total > 0 else math.inf
+    return t_interval95(sum(scores) / len(scores), math.sqrt(total) / len(scores), welch_dof)
 
 
 def greedy_agreement(student_out: np.ndarray, teacher_out: np.ndarray) -> float:

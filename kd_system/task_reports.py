@@ -53,7 +53,6 @@ def task_summary(task: PreparedTask, baselines: dict[str, Any], final: dict[str,
         "student_return_mean": final["student_return_mean"], "student_return_std": final["student_return_std"],
         "random_return_mean": baselines["random_return_mean"], "normalized_score": final["normalized_score"],
         "normalized_score_ci95": final["normalized_score_ci95"],
-        "normalized_score_se": final.get("normalized_score_se"), "normalized_score_dof": final.get("normalized_score_dof"),
         "agreement_teacher_states": final.get("agreement_teacher_states"),
         "agreement_student_states": final.get("agreement_student_states"),
         "kl_teacher_states": final.get("kl_teacher_states"), "kl_student_states": final.get("kl_student_states"),
@@ -62,17 +61,18 @@ def task_summary(task: PreparedTask, baselines: dict[str, Any], final: dict[str,
     }
 
 
-def run_scores(tasks: list[dict[str, Any]], teacher_params: int, student_params: int) -> dict[str, Any]:
-    """The top-level figures of summary.json: a single task's own, or the multi-task aggregate."""
+def run_scores(tasks: list[dict[str, Any]], teacher_params: int, student_params: int,
+               combined: dict[str, Any]) -> dict[str, Any]:
+    """The top-level figures of summary.json: a single task's own, or the multi-task aggregate
+    (its CI from ``combined``, the final reports joined by ``combine_reports``)."""
     if len(tasks) == 1:
         return dict(tasks[0])
     scores = [t["normalized_score"] for t in tasks]
-    low, high = mean_score_ci95(scores, [_or_nan(t.get("normalized_score_se")) for t in tasks],
-                                [t.get("normalized_score_dof") or 0 for t in tasks])
     return {
         "env_id": "+".join(t["env_id"] for t in tasks), "teacher_params": teacher_params,
         "student_params": student_params, "student_param_fraction": student_params / teacher_params,
-        "normalized_score": _mean(scores), "normalized_score_ci95": [low, high], "normalized_score_min": min(scores),
+        "normalized_score": _mean(scores), "normalized_score_ci95": combined["normalized_score_ci95"],
+        "normalized_score_min": min(scores),
         "agreement_teacher_states": _mean([t["agreement_teacher_states"] for t in tasks]),
         "agreement_student_states": _mean([t["agreement_student_states"] for t in tasks]),
         "tasks": tasks,
