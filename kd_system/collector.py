@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .acting import ActingPolicy, TeacherShareSchedule, make_acting_policy
+from .lookahead import LookaheadSettings, RolloutLabeller
 from .policy_files import FrozenPolicy, PolicyBundle, PolicySpec
 from .rate_limit import SampleToInsertLimiter
 from .stepping import LabellingLoop
@@ -33,6 +34,7 @@ class CollectorSettings:
     weights_refresh_steps: int = 1_000  # env steps between pulls of the newest student weights
     teacher_share: TeacherShareSchedule = TeacherShareSchedule()
     limiter: SampleToInsertLimiter | None = None  # None: never wait before writing
+    lookahead: LookaheadSettings | None = None  # set: label with the rollout-improved teacher
 
 
 class Collector:
@@ -46,7 +48,8 @@ class Collector:
                                                    settings.seed, self.store, student_spec, settings.teacher_share)
         self._steps_at_refresh = 0
         self._wait_limiter_s = 0.0
-        self.loop = LabellingLoop(settings.env_id, settings.num_envs, settings.seed, self.teacher, self.acting)
+        labeller = RolloutLabeller(self.teacher, settings.lookahead) if settings.lookahead is not None else None
+        self.loop = LabellingLoop(settings.env_id, settings.num_envs, settings.seed, self.teacher, self.acting, labeller)
         self.states_written = 0
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_states = 0
@@ -65,7 +68,8 @@ class Collector:
     def _cut_chunk(self) -> None:
         obs, teacher_out, actions = (np.concatenate(parts) for parts in zip(*self._pending))
         size = self.settings.chunk_states
-        meta = {"actor_id": self.settings.actor_id, "task_id": self.settings.task_id, **self.acting.describe()}
+        meta = {"actor_id": self.settings.actor_id, "task_id": self.settings.task_id, **self.acting.describe(),
+                "labels": "teacher" if self.settings.lookahead is None else "lookahead"}
         self._ready_chunks.append(({"obs": obs[:size], "teacher_out": teacher_out[:size], "action": actions[:size]}, meta))
         rest = (obs[size:], teacher_out[size:], actions[size:])
         self._pending = [rest] if len(rest[2]) else []
@@ -117,6 +121,7 @@ class Collector:
         return {
             "actor_id": self.settings.actor_id,
             "env_steps": self.env_steps,
+            "rollout_steps": self.loop.rollout_steps,
             "states_written": self.states_written,
             "episode_returns": returns,
             "time_env_s": self.loop.time_env_s,

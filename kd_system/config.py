@@ -98,6 +98,15 @@ class LimiterConfig:
 
 
 @dataclass(frozen=True)
+class LookaheadConfig:
+    """Label states with a rollout-improved teacher instead of the teacher (kd_system/lookahead.py):
+    the student can then outscore its teacher. Only for envs whose state copies exactly."""
+    enabled: bool = False  # every task's default; a task's own ``lookahead`` overrides it
+    eta: float = 0.1  # reward units: rollout-return differences well above this override the teacher
+    horizon_steps: int | None = None  # None: roll out to the episode's end (needs an env with a time limit)
+
+
+@dataclass(frozen=True)
 class HeadConfig:
     run_name: str | None = None
     runs_dir: str = "runs"
@@ -121,6 +130,7 @@ class TaskConfig:
     """One task of a multi-task run: an env and the teacher that plays it."""
     env: str = ""
     teacher: str = ""
+    lookahead: bool | None = None  # None: the lookahead section's ``enabled``
 
     @property
     def name(self) -> str:  # names the task's store namespace and snapshot folder
@@ -137,11 +147,15 @@ class RunConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     limiter: LimiterConfig = field(default_factory=LimiterConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    lookahead: LookaheadConfig = field(default_factory=LookaheadConfig)
     # Several tasks distil into one student with a shared trunk; when set, env and teacher are unused.
     tasks: tuple[TaskConfig, ...] = ()
 
     def task_list(self) -> tuple[TaskConfig, ...]:
-        return self.tasks or (TaskConfig(self.env.id, self.teacher.checkpoint),)
+        """The tasks with ``lookahead`` resolved to true or false."""
+        tasks = self.tasks or (TaskConfig(self.env.id, self.teacher.checkpoint),)
+        default = self.lookahead.enabled
+        return tuple(dataclasses.replace(t, lookahead=default if t.lookahead is None else t.lookahead) for t in tasks)
 
 
 _DESCRIPTIONS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
@@ -363,6 +377,9 @@ def validate(config: RunConfig) -> None:
     check_deadlock_free(limiter_of(config), lrn.batch_size, s.chunk_states * a.chunks_per_write, s.capacity_states)
     _require(lrn.prefetch_batches >= 1 and lrn.prefetch_threads >= 1 and lrn.chunks_per_sample >= 1,
              "learner.prefetch_batches, prefetch_threads and chunks_per_sample must be >= 1")
+    _require(config.lookahead.eta > 0, "lookahead.eta must be > 0 (reward units; 0.1 lets any clear return gain win)")
+    _require(config.lookahead.horizon_steps is None or config.lookahead.horizon_steps >= 1,
+             "lookahead.horizon_steps must be >= 1 (or null to roll out to the end of the episode)")
     _require(h.eval_episodes >= 1 and h.final_eval_episodes >= 1, "head.eval_episodes and head.final_eval_episodes must be >= 1")
     _require(h.snapshot_every_s > 0, "head.snapshot_every_s must be > 0")
     _require(h.keep_snapshots >= 1, "head.keep_snapshots must be >= 1")

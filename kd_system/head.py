@@ -28,18 +28,25 @@ FINAL_EVAL_SEED = 1_000_000  # fresh seeds: the final score is not the one the b
 class Counters:
     env_steps: int = 0
     states_labelled: int = 0
+    rollout_steps: int = 0  # env steps the lookahead labeller simulated (kd_system/lookahead.py)
     updates: int = 0
     wall_s_before: float = 0.0  # wall time of earlier sessions of a resumed run
-    per_actor: dict[int, tuple[int, int]] = field(default_factory=dict)
+    per_actor: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
     def add_collect(self, result: dict) -> None:
-        last_steps, last_states = self.per_actor.get(result["actor_id"], (0, 0))
-        steps, states = result["env_steps"], result["states_written"]
+        last_steps, last_states, last_rollouts = self.per_actor.get(result["actor_id"], (0, 0, 0))
+        steps, states, rollouts = result["env_steps"], result["states_written"], result.get("rollout_steps", 0)
         if steps < last_steps:  # the actor was restarted and its counters began again
-            last_steps, last_states = 0, 0
+            last_steps, last_states, last_rollouts = 0, 0, 0
         self.env_steps += steps - last_steps
         self.states_labelled += states - last_states
-        self.per_actor[result["actor_id"]] = (steps, states)
+        self.rollout_steps += rollouts - last_rollouts
+        self.per_actor[result["actor_id"]] = (steps, states, rollouts)
+
+    def persistent(self) -> dict[str, int]:
+        """What snapshots and run_state.json keep, so a resumed run counts on."""
+        return {"env_steps": self.env_steps, "states_labelled": self.states_labelled,
+                "rollout_steps": self.rollout_steps}
 
 
 def _unwrap(exc: Exception) -> Exception:
@@ -56,6 +63,7 @@ class Head:
         self.baselines: dict[int, dict[str, Any]] = {}  # per task index
         self.eval_parts: dict[Path, dict[int, dict]] = {}  # per-task reports of a snapshot in evaluation
         self.task_names = [task.name for task in prepared.tasks]
+        self.rank_by_agreement = not any(task.lookahead is not None for task in prepared.tasks)  # see _selection_key
         self.latest_score: float | None = None
         self._warned_undefined_score = False
         self.latest_loss: float | None = None
@@ -102,8 +110,8 @@ class Head:
         weights = [bundle.weights for bundle in bundles]
         ray.get(components.learner.load_state.remote(weights, optimizer, counters["updates"], counters["samples"]))
         state = self.run.read_state()
-        self.counters.env_steps = int(state.get("env_steps", counters.get("env_steps", 0)))
-        self.counters.states_labelled = int(state.get("states_labelled", counters.get("states_labelled", 0)))
+        for name in ("env_steps", "states_labelled", "rollout_steps"):
+            setattr(self.counters, name, int(state.get(name, counters.get(name, 0))))
         self.counters.updates = counters["updates"]
         self.counters.wall_s_before = float(state.get("wall_s", 0.0))
         best = state.get("best")
@@ -117,16 +125,14 @@ class Head:
 
     def _snapshot(self, learner_state: dict) -> Path:
         self.counters.updates = learner_state["updates"]
-        counters = {"env_steps": self.counters.env_steps, "states_labelled": self.counters.states_labelled}
-        path = self.run.write_snapshot(learner_state, counters, self.task_names)
+        path = self.run.write_snapshot(learner_state, self.counters.persistent(), self.task_names)
         protect = {Path(self.best["path"])} if self.best else set()
         self.run.prune(self.config.head.keep_snapshots, protect)
         self._write_state()
         return path
 
     def _write_state(self) -> None:
-        self.run.write_state({"env_steps": self.counters.env_steps, "states_labelled": self.counters.states_labelled,
-                              "updates": self.counters.updates, "wall_s": self.counters.wall_s_before + self._elapsed(),
+        self.run.write_state({**self.counters.persistent(), "updates": self.counters.updates, "wall_s": self.counters.wall_s_before + self._elapsed(),
                               "best": self.best})
 
     def _on_task_eval(self, snapshot: Path, updates: int, env_steps: int, task_index: int, report: dict) -> bool:
@@ -166,10 +172,12 @@ class Head:
         episodes is what tells a weak student from a good one). At the target, meaning the score or
         the upper end of its 95% CI reaches it: the higher agreement with the teacher on held-out
         states. There a few-episode score is mostly noise: ranking by it, a lucky early snapshot
-        (Acrobot: 1.010 at 98.8% agreement) beat later ones (0.998 at 99.8%) that play better."""
+        (Acrobot: 1.010 at 98.8% agreement) beat later ones (0.998 at 99.8%) that play better.
+        Students of lookahead labels are ranked by score throughout: they are meant to depart from
+        the teacher where rollouts found better actions, so agreement with it is no longer the aim."""
         rank = score if math.isfinite(score) else -math.inf  # NaN compares false with everything
         target = self.config.head.target_score
-        if target is not None and (rank >= target or score_high >= target):
+        if self.rank_by_agreement and target is not None and (rank >= target or score_high >= target):
             return (1, agreement, rank)
         return (0, rank, agreement)
 
@@ -317,8 +325,8 @@ class Head:
         summary = {
             **run_scores(tasks, self.prepared.teacher_params, self.prepared.student_params, final_report),
             "eval_episodes": cfg.final_eval_episodes, "eval_seed": FINAL_EVAL_SEED,
-            "env_steps": self.counters.env_steps, "states_labelled": self.counters.states_labelled,
-            "learner_updates": self.counters.updates, "wall_s": self.counters.wall_s_before + self._elapsed(),
+            **self.counters.persistent(), "learner_updates": self.counters.updates,
+            "wall_s": self.counters.wall_s_before + self._elapsed(),
             "session_wall_s": self._elapsed(),
             "best_checkpoint": self.best["path"], "best_checkpoint_selection_score": self.best.get("score"),
             "stop_reason": self.stop_reason, "loss": self.config.learner.loss, "acting": self.config.actors.acting,

@@ -29,7 +29,8 @@ LIMITER_SYNC_UPDATES = 4  # one Redis round trip per this many updates keeps bot
 class LearnerTask:
     store: StoreAddress
     student_spec: PolicySpec
-    teacher_output_kind: str
+    label_kind: str  # the stored labels' kind: the teacher's output kind, or logits of lookahead labels
+    label_temperature: float | None = None  # None: the learner's temperature (learner.temperature)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -89,8 +90,9 @@ class Learner:
         self.students = [s.to(self.device) for s in build_students([t.student_spec for t in self.tasks])]
         self.parameters = unique_parameters(self.students)
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.lr, weight_decay=config.weight_decay)
-        self.loss_fns = [build_loss(config.loss, t.teacher_output_kind, config.temperature, config.student_temperature)
-                         for t in self.tasks]
+        self.loss_fns = [build_loss(config.loss, t.label_kind,
+                                    config.temperature if t.label_temperature is None else t.label_temperature,
+                                    config.student_temperature) for t in self.tasks]
         self.stores = [ReplayStore.from_address(t.store) for t in self.tasks]
         self.prefetchers: list[Prefetcher] | None = None
         self.limiter = limiter or SampleToInsertLimiter(min_size_to_sample=config.batch_size, samples_per_insert=32.0)

@@ -8,7 +8,9 @@ from .atari import is_atari_id, student_network_for
 from .config import RunConfig, TaskConfig, resolve_teacher_path
 from .envs import env_spaces, check_env_id
 from .errors import CheckpointError, ConfigError
+from .lookahead import LookaheadSettings, check_copyable, has_time_limit
 from .loss_spec import student_output_kind
+from .losses import resolve_temperature
 from .metrics import say
 from .networks import SharedTrunkMLPs, build_network, count_parameters
 from .policy_files import PolicyBundle, PolicySpec, load_bundle
@@ -22,6 +24,18 @@ class PreparedTask:
     teacher_path: str
     teacher_params: int
     student_spec: PolicySpec  # this task's view of the student: a plain MLP checkpoint
+    lookahead: LookaheadSettings | None = None  # set: states are labelled by the rollout-improved teacher
+
+    @property
+    def label_kind(self) -> str:
+        """What the stored labels are: the teacher's own outputs, or logits of the improved policy."""
+        return "logits" if self.lookahead is not None else self.teacher.spec.output_kind
+
+    @property
+    def label_temperature(self) -> float | None:
+        """The learner's temperature for this task's labels (None: its configured one). Improved
+        logits already carry the teacher's temperature, so the learner reads them at 1."""
+        return 1.0 if self.lookahead is not None else None
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,7 @@ def _field(config: RunConfig, index: int, key: str) -> str:
     """The config field a task came from, for error messages."""
     if config.tasks:
         return f"tasks[{index}].{key}"
-    return {"env": "env.id", "teacher": "teacher.checkpoint"}[key]
+    return {"env": "env.id", "teacher": "teacher.checkpoint", "lookahead": "lookahead.enabled"}[key]
 
 
 def _load_teacher(config: RunConfig, index: int, task: TaskConfig) -> tuple[PolicyBundle, str]:
@@ -68,15 +82,31 @@ def _prepare_task(config: RunConfig, index: int, task: TaskConfig, network: dict
             f"{spaces.num_actions}; use a teacher trained on {task.env}")
     if t.env_id != task.env:
         say(f"note: teacher was trained on {t.env_id} but the env is {task.env} (spaces match, continuing)")
+    lookahead = _lookahead_settings(config, index, task, t.output_kind)
+    label_kind = "logits" if lookahead is not None else t.output_kind
     teacher_params = count_parameters(teacher.module())
     view_params = count_parameters(build_network(network, spaces.obs_shape, spaces.num_actions))
+    card = {"distilled_from": teacher_path, "teacher_params": teacher_params,
+            "param_fraction_of_teacher": view_params / teacher_params, "loss": config.learner.loss,
+            "labels": "teacher" if lookahead is None else
+            f"lookahead (rollout-improved teacher, eta={lookahead.eta:g}, horizon={lookahead.horizon_steps or 'episode'})"}
     student_spec = PolicySpec(
         role="student", env_id=task.env, obs_shape=spaces.obs_shape, obs_dtype=spaces.obs_dtype,
-        num_actions=spaces.num_actions, output_kind=student_output_kind(config.learner.loss, t.output_kind),
-        network=network, num_params=view_params,
-        model_card={"distilled_from": teacher_path, "teacher_params": teacher_params,
-                    "param_fraction_of_teacher": view_params / teacher_params, "loss": config.learner.loss})
-    return PreparedTask(task.name, task.env, teacher, teacher_path, teacher_params, student_spec)
+        num_actions=spaces.num_actions, output_kind=student_output_kind(config.learner.loss, label_kind),
+        network=network, num_params=view_params, model_card=card)
+    return PreparedTask(task.name, task.env, teacher, teacher_path, teacher_params, student_spec, lookahead)
+
+
+def _lookahead_settings(config: RunConfig, index: int, task: TaskConfig, teacher_kind: str) -> LookaheadSettings | None:
+    if not task.lookahead:
+        return None
+    where = _field(config, index, "lookahead")
+    check_copyable(task.env, where)
+    horizon = config.lookahead.horizon_steps
+    if horizon is None and not has_time_limit(task.env):
+        raise ConfigError(f"{where}: {task.env} has no time limit, so rollouts to the episode's end may never stop; "
+                          "set lookahead.horizon_steps")
+    return LookaheadSettings(config.lookahead.eta, resolve_temperature(config.learner.temperature, teacher_kind), horizon)
 
 
 def prepare(config: RunConfig) -> Prepared:

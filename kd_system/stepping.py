@@ -18,6 +18,7 @@ import numpy as np
 from .acting import ActingPolicy
 from .atari import RAW_SCORE, is_atari_id, make_atari_vector_env
 from .envs import make_vector_env
+from .lookahead import RolloutLabeller
 from .policy_files import FrozenPolicy
 
 
@@ -54,9 +55,12 @@ def _make_groups(env_id: str, num_envs: int, seed: int) -> list[_Group]:
 
 
 class LabellingLoop:
-    def __init__(self, env_id: str, num_envs: int, seed: int, teacher: FrozenPolicy, acting: ActingPolicy):
+    def __init__(self, env_id: str, num_envs: int, seed: int, teacher: FrozenPolicy, acting: ActingPolicy,
+                 labeller: RolloutLabeller | None = None):
+        """``labeller``: label with the rollout-improved teacher instead (kd_system/lookahead.py; classic envs)."""
         self.teacher = teacher
         self.acting = acting
+        self.labeller = labeller
         self.atari = is_atari_id(env_id)
         self.groups = _make_groups(env_id, num_envs, seed)
         self._next = 0
@@ -65,13 +69,20 @@ class LabellingLoop:
         self.time_env_s = 0.0  # blocked on the envs (all of env time when nothing overlaps)
         self.time_teacher_s = 0.0  # teacher forward and action choice
 
+    @property
+    def rollout_steps(self) -> int:
+        return self.labeller.rollout_steps if self.labeller is not None else 0
+
     def step(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Label the next ready group's states and send its actions; returns (obs, teacher_out, actions)."""
+        """Label the next ready group's states and send its actions; returns (obs, labels, actions):
+        the labels are the teacher's outputs, or the improved policy's logits with a labeller."""
         index = self._next
         group = self.groups[index]
         start = time.perf_counter()
         obs = group.obs
         teacher_out = self.teacher.outputs(obs)
+        if self.labeller is not None:  # the sub-envs are at exactly these states until the step below
+            teacher_out = self.labeller.labels(group.envs.envs, teacher_out)
         actions = self.acting.select(obs, teacher_out).astype(np.int32)
         labelled = time.perf_counter()
         self.time_teacher_s += labelled - start

@@ -47,6 +47,7 @@ def task_summary(task: PreparedTask, baselines: dict[str, Any], final: dict[str,
     """What summary.json says about one task's student after the final evaluation."""
     return {
         "env_id": task.env_id, "teacher_checkpoint": task.teacher_path,
+        "labels": task.student_spec.model_card.get("labels", "teacher"),
         "teacher_params": task.teacher_params, "student_params": task.student_spec.num_params,
         "student_param_fraction": task.student_spec.num_params / task.teacher_params,
         "teacher_return_mean": baselines["teacher_return_mean"], "teacher_return_std": baselines["teacher_return_std"],

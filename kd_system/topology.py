@@ -95,7 +95,8 @@ def learner_gpus(config: RunConfig) -> float:
     return 0.0
 
 
-def collector_settings(config: RunConfig, actor_id: int, task_index: int = 0) -> CollectorSettings:
+def collector_settings(config: RunConfig, actor_id: int, task_index: int = 0,
+                       prepared: Prepared | None = None) -> CollectorSettings:
     a = config.actors
     return CollectorSettings(actor_id=actor_id, env_id=config.task_list()[task_index].env, num_envs=a.envs_per_actor,
                              epsilon=a.epsilon, chunk_states=config.store.chunk_states,
@@ -104,7 +105,8 @@ def collector_settings(config: RunConfig, actor_id: int, task_index: int = 0) ->
                              acting=a.acting, weights_refresh_steps=a.weights_refresh_steps,
                              teacher_share=TeacherShareSchedule(a.teacher_share_start, a.teacher_share_end,
                                                                 a.teacher_share_decay_updates),
-                             limiter=limiter_of(config))
+                             limiter=limiter_of(config),
+                             lookahead=prepared.tasks[task_index].lookahead if prepared is not None else None)
 
 
 def make_collector(config: RunConfig, actor_id: int, task_index: int, prepared: Prepared,
@@ -113,7 +115,7 @@ def make_collector(config: RunConfig, actor_id: int, task_index: int, prepared: 
     task = prepared.tasks[task_index]
     remote_cls = _placed(Collector).options(num_cpus=config.actors.num_cpus,
                                             resources=_resources(config.actors.ray_resource))
-    return remote_cls.remote(collector_settings(config, actor_id, task_index), stores[task_index], task.teacher,
+    return remote_cls.remote(collector_settings(config, actor_id, task_index, prepared), stores[task_index], task.teacher,
                              task.student_spec)
 
 
@@ -140,7 +142,7 @@ def start_components(config: RunConfig, prepared: Prepared, stores: list[StoreAd
     collector_tasks = [t for t in range(len(prepared.tasks)) for _ in range(per_task)]
     collectors = [make_collector(config, i, t, prepared, stores) for i, t in enumerate(collector_tasks)]
     gpus = learner_gpus(config)
-    learner_tasks = [LearnerTask(store, task.student_spec, task.teacher.spec.output_kind)
+    learner_tasks = [LearnerTask(store, task.student_spec, task.label_kind, task.label_temperature)
                      for store, task in zip(stores, prepared.tasks)]
     learner = _placed(Learner).options(num_cpus=config.learner.num_cpus, num_gpus=gpus,
                                        resources=_resources(config.learner.ray_resource)).remote(

@@ -105,7 +105,7 @@ def test_snapshot_pick_ranks_by_agreement_once_the_score_or_its_ci_reaches_the_t
 
     from kd_system.head import Head
 
-    head = SimpleNamespace(config=SimpleNamespace(head=SimpleNamespace(target_score=1.0)))
+    head = SimpleNamespace(config=SimpleNamespace(head=SimpleNamespace(target_score=1.0)), rank_by_agreement=True)
 
     def key(score, agreement, high=float("nan")):
         return Head._selection_key(head, score, agreement, high)
@@ -117,3 +117,14 @@ def test_snapshot_pick_ranks_by_agreement_once_the_score_or_its_ci_reaches_the_t
     assert key(0.990, 0.5, 0.995) > key(0.980, 0.999, 0.985)
     assert key(1.0, 0.97) < key(1.0, 0.98)  # multi-task reports have no CI: the score alone qualifies
     assert key(float("nan"), 0.9) > key(float("nan"), 0.8)
+
+
+def test_students_of_lookahead_labels_are_picked_by_score_past_the_target_too():
+    from types import SimpleNamespace
+
+    from kd_system.head import Head
+
+    head = SimpleNamespace(config=SimpleNamespace(head=SimpleNamespace(target_score=1.0)), rank_by_agreement=False)
+    better_than_teacher = Head._selection_key(head, 1.012, 0.95, 1.02)
+    closer_to_teacher = Head._selection_key(head, 1.001, 0.99, 1.01)
+    assert better_than_teacher > closer_to_teacher

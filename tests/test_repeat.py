@@ -44,6 +44,17 @@ def test_seed_table_reports_each_seed_and_how_many_reach_the_teacher(tmp_path):
     assert lines[5]["normalized_score"] == "0.99920" and lines[5]["ci95_low"] == "0.99000"
 
 
+def test_seed_table_shows_rollout_steps_of_lookahead_runs(tmp_path):
+    run_dir = tmp_path / "runs" / "seed-0"
+    run_dir.mkdir(parents=True)
+    task = _task("Acrobot-v1", 1.004, 0.998, 1.010)
+    (run_dir / "summary.json").write_text(json.dumps({**_summary(1.004, [task]), **task, "rollout_steps": 7_200_000}))
+    write_seed_table(seed_rows(tmp_path, [0]), tmp_path / "results.md", tmp_path / "results.csv")
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| env steps | rollout steps | learner updates |" in markdown
+    assert "| 50,000 | 7,200,000 | 4,000 |" in markdown
+
+
 def test_each_seed_is_a_run_with_its_own_seeds_and_the_shared_overrides(tmp_path):
     command = seed_command("multitask-classic", 7, tmp_path, ["head.max_updates=10"])
     assert command[command.index("--config") + 1] == "multitask-classic"

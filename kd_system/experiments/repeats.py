@@ -78,9 +78,11 @@ def write_seed_table(rows: list[dict], markdown_path: Path, csv_path: Path) -> N
         return
     envs = [task["env_id"] for task in _tasks(rows[0])]
     multi = len(envs) > 1
+    rollouts = any(row.get("rollout_steps") for row in rows)  # lookahead labels: their simulated steps too
     headers = ["seed", "mean normalized score [95% CI]" if multi else "normalized score [95% CI]",
                *[f"{env} [95% CI]" for env in envs] * multi, "agreement (teacher states)", "agreement (student states)",
-               "disagreement margin" + (" per task" if multi else ""), "env steps", "learner updates", "wall s", "stop"]
+               "disagreement margin" + (" per task" if multi else ""), "env steps", *["rollout steps"] * rollouts,
+               "learner updates", "wall s", "stop"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         cells = [str(row["seed"]), _score(row["normalized_score"], row.get("normalized_score_ci95"))]
@@ -88,7 +90,8 @@ def write_seed_table(rows: list[dict], markdown_path: Path, csv_path: Path) -> N
             cells += [_score(task["normalized_score"], task["normalized_score_ci95"]) for task in _tasks(row)]
         cells += [f"{100 * row['agreement_teacher_states']:.2f}%", f"{100 * row['agreement_student_states']:.2f}%",
                   " / ".join(_margin(task) for task in _tasks(row)), f"{row['env_steps']:,}",
-                  f"{row['learner_updates']:,}", f"{row['wall_s']:.0f}", row["stop_reason"]]
+                  *[f"{row.get('rollout_steps', 0):,}"] * rollouts, f"{row['learner_updates']:,}",
+                  f"{row['wall_s']:.0f}", row["stop_reason"]]
         lines.append("| " + " | ".join(cells) + " |")
     scores = [row["normalized_score"] for row in rows]
     worst = [min(task["normalized_score"] for task in _tasks(row)) for row in rows]
