@@ -16,6 +16,11 @@ from .networks import SharedTrunkMLPs, build_network, count_parameters
 from .policy_files import PolicyBundle, PolicySpec, load_bundle
 
 
+def label_kind(teacher_kind: str, lookahead: LookaheadSettings | None) -> str:
+    """What a task's stored labels are: the teacher's own outputs, or logits of the improved policy."""
+    return "logits" if lookahead is not None else teacher_kind
+
+
 @dataclass(frozen=True)
 class PreparedTask:
     name: str
@@ -28,8 +33,7 @@ class PreparedTask:
 
     @property
     def label_kind(self) -> str:
-        """What the stored labels are: the teacher's own outputs, or logits of the improved policy."""
-        return "logits" if self.lookahead is not None else self.teacher.spec.output_kind
+        return label_kind(self.teacher.spec.output_kind, self.lookahead)
 
     @property
     def label_temperature(self) -> float | None:
@@ -83,7 +87,6 @@ def _prepare_task(config: RunConfig, index: int, task: TaskConfig, network: dict
     if t.env_id != task.env:
         say(f"note: teacher was trained on {t.env_id} but the env is {task.env} (spaces match, continuing)")
     lookahead = _lookahead_settings(config, index, task, t.output_kind)
-    label_kind = "logits" if lookahead is not None else t.output_kind
     teacher_params = count_parameters(teacher.module())
     view_params = count_parameters(build_network(network, spaces.obs_shape, spaces.num_actions))
     card = {"distilled_from": teacher_path, "teacher_params": teacher_params,
@@ -92,7 +95,7 @@ def _prepare_task(config: RunConfig, index: int, task: TaskConfig, network: dict
             f"lookahead (rollout-improved teacher, eta={lookahead.eta:g}, horizon={lookahead.horizon_steps or 'episode'})"}
     student_spec = PolicySpec(
         role="student", env_id=task.env, obs_shape=spaces.obs_shape, obs_dtype=spaces.obs_dtype,
-        num_actions=spaces.num_actions, output_kind=student_output_kind(config.learner.loss, label_kind),
+        num_actions=spaces.num_actions, output_kind=student_output_kind(config.learner.loss, label_kind(t.output_kind, lookahead)),
         network=network, num_params=view_params, model_card=card)
     return PreparedTask(task.name, task.env, teacher, teacher_path, teacher_params, student_spec, lookahead)
 

@@ -40,6 +40,13 @@ def test_teacher_whose_spaces_do_not_match_the_env(tmp_path):
                           "teacher.checkpoint", "Acrobot-v1")
 
 
+def test_lookahead_on_an_env_that_cannot_be_copied(tmp_path):
+    assert_one_line_error(kd("run", "--config", "lunarlander-v3", "--set", "lookahead.enabled=true",
+                             "--set", f"head.runs_dir={tmp_path}"),
+                          "lookahead.enabled", "LunarLander-v3 does not copy exactly", "set it to false")
+    assert not any(tmp_path.iterdir())
+
+
 def test_malformed_yaml(bad_files):
     path = bad_files / "malformed.yaml"
     assert_one_line_error(kd("run", "--config", str(path)), str(path), "malformed YAML")
