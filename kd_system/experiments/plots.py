@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -85,8 +86,8 @@ def plot_steps_bars(rows: list[dict], report_dir: Path, threshold: float) -> lis
 
 def plot_seed_curves(out_dir: Path, seeds: list[int], report_dir: Path) -> list[Path]:
     """Per task: normalized score (top) and greedy agreement on held-out teacher states (bottom) vs
-    learner updates, one line per seed. The axes are zoomed near the teacher: the interesting
-    differences between seeds are in the third decimal."""
+    learner updates, one line per seed. The axes are zoomed near the teacher (the interesting
+    differences between seeds are in the third decimal), widened to show students above it."""
     from .repeats import seed_run_name
 
     runs = {seed: out_dir / "runs" / seed_run_name(seed) / "metrics.jsonl" for seed in seeds}
@@ -101,14 +102,20 @@ def plot_seed_curves(out_dir: Path, seeds: list[int], report_dir: Path) -> list[
     fig, axes = plt.subplots(2, len(tasks), figsize=(3.6 * len(tasks), 5.2), dpi=80, squeeze=False)
     for column, task in enumerate(tasks):
         prefix = f"{task}." if task else ""
+        highest = 1.0
         for seed, evals in runs.items():
             updates = [r["updates"] for r in evals]
             for row, key in enumerate(("normalized_score", "agreement_teacher_states")):
-                axes[row][column].plot(updates, [r.get(prefix + key, float("nan")) for r in evals], marker=".",
-                                       linewidth=1, label=f"seed {seed}")
+                values = [r.get(prefix + key, float("nan")) for r in evals]
+                axes[row][column].plot(updates, values, marker=".", linewidth=1, label=f"seed {seed}")
+                if row == 0:
+                    highest = max([highest, *(v for v in values if math.isfinite(v))])
         axes[0][column].axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
-        axes[0][column].set(title=task or single_title, ylabel="teacher-normalized score", ylim=(0.95, 1.01))
+        axes[0][column].set(title=task or single_title, ylabel="teacher-normalized score",
+                            ylim=(0.95, max(1.01, highest + 0.005)))
         axes[1][column].set(xlabel="learner updates", ylabel="agreement, teacher states", ylim=(0.85, 1.0))
+        for row in (0, 1):
+            axes[row][column].xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path = report_dir / "curves-seeds.png"
