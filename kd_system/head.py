@@ -132,8 +132,8 @@ class Head:
         return path
 
     def _write_state(self) -> None:
-        self.run.write_state({**self.counters.persistent(), "updates": self.counters.updates, "wall_s": self.counters.wall_s_before + self._elapsed(),
-                              "best": self.best})
+        self.run.write_state({**self.counters.persistent(), "updates": self.counters.updates,
+                              "wall_s": self.counters.wall_s_before + self._elapsed(), "best": self.best})
 
     def _on_task_eval(self, snapshot: Path, updates: int, env_steps: int, task_index: int, report: dict) -> bool:
         """Collect one task's report; True once every task of the snapshot is in."""

@@ -93,10 +93,11 @@ def _prepare_task(config: RunConfig, index: int, task: TaskConfig, network: dict
             "param_fraction_of_teacher": view_params / teacher_params, "loss": config.learner.loss,
             "labels": "teacher" if lookahead is None else
             f"lookahead (rollout-improved teacher, eta={lookahead.eta:g}, horizon={lookahead.horizon_steps or 'episode'})"}
+    output_kind = student_output_kind(config.learner.loss, label_kind(t.output_kind, lookahead))
     student_spec = PolicySpec(
         role="student", env_id=task.env, obs_shape=spaces.obs_shape, obs_dtype=spaces.obs_dtype,
-        num_actions=spaces.num_actions, output_kind=student_output_kind(config.learner.loss, label_kind(t.output_kind, lookahead)),
-        network=network, num_params=view_params, model_card=card)
+        num_actions=spaces.num_actions, output_kind=output_kind, network=network, num_params=view_params,
+        model_card=card)
     return PreparedTask(task.name, task.env, teacher, teacher_path, teacher_params, student_spec, lookahead)
 
 
