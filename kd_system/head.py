@@ -22,6 +22,7 @@ from .topology import Components, connect_ray, make_collector, placement, start_
 
 ACTOR_CALL_S = 1.0  # each remote call runs this long, so the head reacts within about a second
 FINAL_EVAL_SEED = 1_000_000  # fresh seeds: the final score is not the one the best snapshot was picked on
+EVAL_DRAIN_S = 600.0  # an evaluation running at the stop is one round of eval_episodes: worth its wait
 
 
 @dataclass
@@ -218,13 +219,13 @@ class Head:
         self.pending = pending = {}
         for index, collector in enumerate(components.collectors):
             pending[collector.collect.remote(ACTOR_CALL_S)] = ("collect", index)
-        pending[components.learner.train.remote(ACTOR_CALL_S)] = ("train",)
         for task_index, evaluator in enumerate(components.evaluators):
             pending[evaluator.baselines.remote(cfg.eval_episodes, cfg.seed)] = ("baselines", task_index)
         snapshot_in_flight = eval_in_flight = False
         queued_eval: tuple[Path, int, int] | None = None
         last_snapshot_t, last_snapshot_updates = self._elapsed(), self.counters.updates
         self.last_progress = (self._elapsed(), self.counters.states_labelled, self.counters.updates)
+        learner_idle = True
         while self.stop_reason is None:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
             for ref in ready:
@@ -255,7 +256,7 @@ class Head:
                     if result["loss"] is not None:
                         self.latest_loss = result["loss"]
                         self.metrics.log("learner", result["updates"], result)
-                    pending[components.learner.train.remote(ACTOR_CALL_S)] = kind
+                    learner_idle = True
                 elif kind[0] == "baselines":
                     task = self.prepared.tasks[kind[1]]
                     self.baselines[kind[1]] = result
@@ -287,8 +288,30 @@ class Head:
                 self.stop_reason = f"max_updates {cfg.max_updates} reached"
             if cfg.max_wall_s is not None and now >= cfg.max_wall_s:
                 self.stop_reason = f"max_wall_s {cfg.max_wall_s} reached"
+            if learner_idle and self.stop_reason is None:  # after any get_state above: the learner runs calls in order
+                next_snapshot = last_snapshot_updates + cfg.snapshot_every_updates if cfg.snapshot_every_updates else None
+                stops = [n for n in (cfg.max_updates, next_snapshot) if n is not None and n > self.counters.updates]
+                pending[components.learner.train.remote(ACTOR_CALL_S, min(stops, default=None))] = ("train",)
+                learner_idle = False
 
     # ---- shutdown and the summary -------------------------------------------------------------
+    def _finish_evaluations(self) -> None:
+        """Let evaluations already running end and count them: the snapshot they score may be the
+        best one, and a short run (max_updates reached within a few learner calls) would otherwise
+        stop with none on record."""
+        running = [ref for ref, kind in self.pending.items() if kind[0] == "eval"]
+        if not running:
+            return
+        ended, _ = ray.wait(running, num_returns=len(running), timeout=EVAL_DRAIN_S)
+        stop_reason = self.stop_reason
+        for ref in ended:
+            try:
+                report = ray.get(ref)
+            except ray.exceptions.RayError:
+                continue
+            self._on_task_eval(*self.pending[ref][1:], report)
+        self.stop_reason = stop_reason  # a target reached now does not rename why the run stopped
+
     def finish(self, components: Components) -> dict:
         cfg = self.config.head
         in_flight = [ref for ref, kind in self.pending.items() if kind[0] in ("collect", "train")]
@@ -304,6 +327,7 @@ class Head:
                 self.counters.updates = max(self.counters.updates, result["updates"])
         for collector in components.collectors:
             ray.kill(collector, no_restart=True)
+        self._finish_evaluations()
         self._report_progress()
         self._snapshot(ray.get(components.learner.get_state.remote()))
         ray.kill(components.learner, no_restart=True)

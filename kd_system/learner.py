@@ -133,15 +133,17 @@ class Learner:
     def _sync(self) -> list[int]:
         return [store.sync_sampled(self.limiter_samples) for store in self.stores]
 
-    def train(self, duration_s: float) -> dict:
-        """Update for about ``duration_s`` seconds; waits (not over-samples) while data is short."""
+    def train(self, duration_s: float, stop_at_updates: int | None = None) -> dict:
+        """Update for about ``duration_s`` seconds, or until ``stop_at_updates`` updates in all, so
+        the head's snapshots and max_updates land on the update they name even when a second holds
+        hundreds of updates. Waits (not over-samples) while data is short."""
         cfg = self.config
         start = time.perf_counter()
         deadline = start + duration_s
         inserted = self._sync()
         losses: list[float] = []
         wait_input_s = wait_limiter_s = 0.0
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < deadline and (stop_at_updates is None or self.updates < stop_at_updates):
             if not all(self.limiter.can_sample(n, self.limiter_samples, cfg.batch_size) for n in inserted):
                 pause_start = time.perf_counter()
                 time.sleep(0.01)

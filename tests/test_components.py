@@ -94,6 +94,17 @@ def test_learner_distils_from_the_store_and_publishes_weights(address, teacher):
         component.close()
 
 
+def test_learner_call_stops_at_the_update_the_head_names(address, teacher):
+    collector = Collector(collector_settings(), address, teacher)
+    collector.collect(0.5)
+    learner = make_learner(address, teacher)
+    assert learner.train(5.0, stop_at_updates=7)["updates"] == 7
+    assert learner.train(5.0, stop_at_updates=7)["updates_in_call"] == 0  # already there: returns at once
+    assert learner.train(5.0, stop_at_updates=12)["updates"] == 12
+    collector.close()
+    learner.close()
+
+
 def test_learner_bf16_autocast_trains_with_fp32_losses(address, teacher):
     """precision=bf16 runs the student's forward under autocast (here the CPU's); auto stays fp32 on CPU."""
     collector = Collector(collector_settings(), address, teacher)

@@ -83,6 +83,8 @@ head: {target_score: null, snapshot_every_updates: 30, snapshot_every_s: 1000, e
     for seed in (0, 1):
         saved = yaml.safe_load((out / "runs" / f"seed-{seed}" / "config.yaml").read_text())
         assert saved["head"]["seed"] == seed and saved["learner"]["seed"] == seed
+        summary = json.loads((out / "runs" / f"seed-{seed}" / "summary.json").read_text())
+        assert summary["learner_updates"] == 240  # learner calls end at max_updates, not a second past it
     assert "Over 2 seeds" in (out / "results.md").read_text()
     assert len(list(csv.DictReader(open(out / "results.csv")))) == 6  # mean + 2 tasks, per seed
     assert (out / "curves-seeds.png").stat().st_size > 0
