@@ -10,14 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import KDError
+from kd_system.errors import KDError
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import head
-    from .config import load_config
-    from .env_refs import with_secrets
-    from .run_dir import RunDirectory
+    from kd_system.launch import head
+    from kd_system.config import load_config
+    from kd_system.launch.secrets import with_secrets
+    from kd_system.checkpoints.run_dir import RunDirectory
 
     if args.resume:
         if args.config:
@@ -27,11 +27,11 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.set)
         label = "multitask" if config.tasks else config.env.id.replace('/', '_').lower()
         name = config.head.run_name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
-        from .preparation import prepare
+        from kd_system.launch.preparation import prepare
         prepare(config)  # fail on a bad env, teacher or Redis before creating anything on disk
         url = with_secrets(config).store.redis_url
         if url is not None:
-            from .store import ReplayStore
+            from kd_system.replay.store import ReplayStore
             ReplayStore(url, "connection-check", config.store.capacity_states, config.store.chunk_states).close()
         run = RunDirectory.create(config.head.runs_dir, name, config)
     # The run directory keeps env:NAME references; the processes get what they name.
@@ -41,11 +41,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .envs import env_spaces
-    from .errors import ConfigError
-    from .evaluation import random_act_fn, run_episodes
-    from .evaluator import normalized_score
-    from .policy_files import FrozenPolicy
+    from kd_system.envs.make import env_spaces
+    from kd_system.errors import ConfigError
+    from kd_system.evaluation.episodes import random_act_fn, run_episodes
+    from kd_system.evaluation.evaluator import normalized_score
+    from kd_system.policies.files import FrozenPolicy
 
     policy = FrozenPolicy.load(args.checkpoint)
     env_id = args.env or policy.spec.env_id
@@ -90,13 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", metavar="PATH", help="also write the report to this file")
     evaluate.set_defaults(func=_eval)
 
-    from .teacher_training import register_cli
+    from kd_system.teachers.training import register_cli
     register_cli(commands)
-    from .experiments.command import register_cli as register_experiment
+    from kd_system.experiments.command import register_cli as register_experiment
     register_experiment(commands)
-    from .experiments.repeats import register_cli as register_repeat
+    from kd_system.experiments.repeats import register_cli as register_repeat
     register_repeat(commands)
-    from .bench.command import register_cli as register_bench
+    from kd_system.bench.command import register_cli as register_bench
     register_bench(commands)
     return parser
 

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
-from .loss_spec import validate_loss_spec
-from .rate_limit import SampleToInsertLimiter, check_deadlock_free
+from kd_system.errors import ConfigError
+from kd_system.learner.loss_spec import validate_loss_spec
+from kd_system.replay.rate_limit import SampleToInsertLimiter, check_deadlock_free
 
 SHIPPED_PREFIX = "shipped:"
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from kd_system.store import LocalRedisServer
+from kd_system.replay.redis_server import LocalRedisServer
 
 
 @pytest.fixture(scope="session")

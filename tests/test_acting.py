@@ -4,12 +4,12 @@ import pytest
 import redis
 import torch
 
-from kd_system.acting import TeacherShareSchedule
-from kd_system.collector import Collector, CollectorSettings
-from kd_system.networks import build_network, count_parameters
-from kd_system.policy_files import PolicyBundle, PolicySpec, module_to_bytes
-from kd_system.store import ReplayStore, StoreAddress
-from kd_system.store.codec import decode_chunk
+from kd_system.actors.behaviour import TeacherShareSchedule
+from kd_system.actors.collector import Collector, CollectorSettings
+from kd_system.policies.networks import build_network, count_parameters
+from kd_system.policies.files import PolicyBundle, PolicySpec, module_to_bytes
+from kd_system.replay.store import ReplayStore, StoreAddress
+from kd_system.replay.codec import decode_chunk
 
 NET = {"kind": "mlp", "hidden": [8], "activation": "relu"}
 STUDENT = PolicySpec("student", "CartPole-v1", (4,), "float32", 2, "logits", NET)

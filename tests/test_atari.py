@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from kd_system.atari import (OBS_SHAPE, RAW_SCORE, TEACHER_TRAINING, SingleAtariEnv, AtariSettings,
+from kd_system.envs.atari import (OBS_SHAPE, RAW_SCORE, TEACHER_TRAINING, SingleAtariEnv, AtariSettings,
                              make_atari_vector_env, student_network_for)
-from kd_system.collector import Collector, CollectorSettings
-from kd_system.envs import check_env_id, env_spaces, make_env, make_vector_env
+from kd_system.actors.collector import Collector, CollectorSettings
+from kd_system.envs.make import check_env_id, env_spaces, make_env, make_vector_env
 from kd_system.errors import CheckpointError, ConfigError
-from kd_system.evaluation import eval_epsilon, random_act_fn, run_episodes
-from kd_system.networks import CNN_PRESETS, build_network, cnn_spec, count_parameters
-from kd_system.policy_files import FrozenPolicy, PolicyBundle, PolicySpec
-from kd_system.store import ReplayStore, StoreAddress, encode_chunk
+from kd_system.evaluation.episodes import eval_epsilon, random_act_fn, run_episodes
+from kd_system.policies.networks import CNN_PRESETS, build_network, cnn_spec, count_parameters
+from kd_system.policies.files import FrozenPolicy, PolicyBundle, PolicySpec
+from kd_system.replay.store import ReplayStore, StoreAddress
+from kd_system.replay.codec import encode_chunk
 
 PONG = "ALE/Pong-v5"
 
@@ -285,9 +286,9 @@ def test_evaluation_episode_returns_are_whole_game_scores():
 def test_an_atari_run_config_gets_a_rusu_cnn_student(tmp_path):
     from kd_system.config import load_config
     from kd_system.errors import ConfigError
-    from kd_system.networks import build_network, cnn_spec, count_parameters
-    from kd_system.policy_files import PolicySpec, save_policy
-    from kd_system.preparation import prepare
+    from kd_system.policies.networks import build_network, cnn_spec, count_parameters
+    from kd_system.policies.files import PolicySpec, save_policy
+    from kd_system.launch.preparation import prepare
 
     network = cnn_spec("nature")
     module = build_network(network, (4, 84, 84), 6)
@@ -305,8 +306,8 @@ def test_an_atari_run_config_gets_a_rusu_cnn_student(tmp_path):
 def test_labelling_loop_overlaps_two_env_groups_with_the_same_seeds_as_one_vector():
     """Atari actors split their envs in two groups (emulate one while labelling the other); the
     sub-envs keep the seeds an unsplit vector gives them, and every labelled state is a copy."""
-    from kd_system.acting import make_acting_policy
-    from kd_system.stepping import LabellingLoop
+    from kd_system.actors.behaviour import make_acting_policy
+    from kd_system.actors.labelling import LabellingLoop
 
     torch.manual_seed(0)
     module = build_network(TINY_TEACHER_NET, OBS_SHAPE, 6)

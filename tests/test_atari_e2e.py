@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from kd_system.networks import build_network, cnn_spec, count_parameters
-from kd_system.policy_files import FrozenPolicy, PolicySpec, save_policy
+from kd_system.policies.networks import build_network, cnn_spec, count_parameters
+from kd_system.policies.files import FrozenPolicy, PolicySpec, save_policy
 
 pytestmark = pytest.mark.slow
 

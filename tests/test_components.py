@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from kd_system.collector import Collector, CollectorSettings
+from kd_system.actors.collector import Collector, CollectorSettings
 from kd_system.config import LearnerConfig
-from kd_system.evaluator import Evaluator, normalized_score
-from kd_system.learner import Learner, LearnerTask, learning_rate
-from kd_system.networks import build_network, count_parameters
-from kd_system.policy_files import FrozenPolicy, PolicyBundle, PolicySpec
-from kd_system.rate_limit import SampleToInsertLimiter
-from kd_system.store import ReplayStore, StoreAddress
+from kd_system.evaluation.evaluator import Evaluator, normalized_score
+from kd_system.learner.learner import Learner, LearnerTask, learning_rate
+from kd_system.policies.networks import build_network, count_parameters
+from kd_system.policies.files import FrozenPolicy, PolicyBundle, PolicySpec
+from kd_system.replay.rate_limit import SampleToInsertLimiter
+from kd_system.replay.store import ReplayStore, StoreAddress
 
 TEACHER_NET = {"kind": "mlp", "hidden": [32, 32], "activation": "relu"}
 STUDENT_NET = {"kind": "mlp", "hidden": [16], "activation": "relu"}

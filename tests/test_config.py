@@ -81,7 +81,7 @@ def test_shipped_configs_load_by_name(name):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (PACKAGE_DIR / "configs").glob("*.yaml")))
 def test_shipped_configs_reserve_no_more_than_two_cpus(name):
-    from kd_system.topology import check_cpu_reservations
+    from kd_system.launch.topology import check_cpu_reservations
 
     config = load_config(name)
     actors = config.actors.num_actors
@@ -90,7 +90,7 @@ def test_shipped_configs_reserve_no_more_than_two_cpus(name):
 
 
 def test_cpu_reservation_check_names_each_setting():
-    from kd_system.topology import check_cpu_reservations
+    from kd_system.launch.topology import check_cpu_reservations
 
     config = load_config("cartpole-v1")
     check_cpu_reservations(config, 2, 1, cluster_cpus=1.25)  # 2 x 0.25 + 0.5 + 0.25: exactly fits

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from deploy_helpers import REPO, clean_env, entrypoint
-from kd_system.cluster_info import Demand, actor_slots
+from kd_system.launch.cluster_info import Demand, actor_slots
 from kd_system.config import load_config
-from kd_system.env_refs import resolve_redis_url, with_secrets
+from kd_system.launch.secrets import resolve_redis_url, with_secrets
 from kd_system.errors import ConfigError
 
 HEAD = {"NodeID": "h", "Alive": True, "Resources": {"CPU": 2.0, "kd_learner": 1.0}}

@@ -103,7 +103,7 @@ def test_training_goes_on_after_the_target_for_evals_after_target(tmp_path):
 def test_snapshot_pick_ranks_by_agreement_once_the_score_or_its_ci_reaches_the_target():
     from types import SimpleNamespace
 
-    from kd_system.head import Head
+    from kd_system.launch.head import Head
 
     head = SimpleNamespace(config=SimpleNamespace(head=SimpleNamespace(target_score=1.0)), rank_by_agreement=True)
 
@@ -122,7 +122,7 @@ def test_snapshot_pick_ranks_by_agreement_once_the_score_or_its_ci_reaches_the_t
 def test_students_of_lookahead_labels_are_picked_by_score_past_the_target_too():
     from types import SimpleNamespace
 
-    from kd_system.head import Head
+    from kd_system.launch.head import Head
 
     head = SimpleNamespace(config=SimpleNamespace(head=SimpleNamespace(target_score=1.0)), rank_by_agreement=False)
     better_than_teacher = Head._selection_key(head, 1.012, 0.95, 1.02)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from kd_system.config import resolve_teacher_path
-from kd_system.evaluator import Evaluator
-from kd_system.networks import build_network, count_parameters
-from kd_system.policy_files import PolicyBundle, PolicySpec, load_bundle
-from kd_system.scores import disagreement_margin, greedy_agreement, mean_score_ci95, normalized_score, normalized_score_ci95, paired_score_error
+from kd_system.evaluation.evaluator import Evaluator
+from kd_system.policies.networks import build_network, count_parameters
+from kd_system.policies.files import PolicyBundle, PolicySpec, load_bundle
+from kd_system.evaluation.scores import disagreement_margin, greedy_agreement, mean_score_ci95, normalized_score, normalized_score_ci95, paired_score_error
 
 EPISODES = 4
 

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from kd_system.collector import Collector, CollectorSettings
+from kd_system.actors.collector import Collector, CollectorSettings
 from kd_system.config import LearnerConfig, from_dict, resolve_teacher_path
-from kd_system.envs import make_env
+from kd_system.envs.make import make_env
 from kd_system.errors import ConfigError
-from kd_system.learner import Learner, LearnerTask
-from kd_system.lookahead import LookaheadSettings, RolloutLabeller, check_copyable, improved_logits
-from kd_system.losses import kl_divergence
-from kd_system.policy_files import FrozenPolicy, PolicySpec, load_bundle
-from kd_system.preparation import prepare
-from kd_system.store import ReplayStore, StoreAddress
+from kd_system.learner.learner import Learner, LearnerTask
+from kd_system.actors.lookahead import LookaheadSettings, RolloutLabeller, check_copyable, improved_logits
+from kd_system.learner.losses import kl_divergence
+from kd_system.policies.files import FrozenPolicy, PolicySpec, load_bundle
+from kd_system.launch.preparation import prepare
+from kd_system.replay.store import ReplayStore, StoreAddress
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import torch
 
 from kd_system.config import load_config
 from kd_system.errors import ConfigError
-from kd_system.loss_spec import student_output_kind
-from kd_system.losses import (DEFAULT_TEMPERATURE, LOSS_NAMES, build_loss, kl_divergence, kl_loss, max_gap_loss,
+from kd_system.learner.loss_spec import student_output_kind
+from kd_system.learner.losses import (DEFAULT_TEMPERATURE, LOSS_NAMES, build_loss, kl_divergence, kl_loss, max_gap_loss,
                               mse_loss, nll_loss, parse_loss_spec, resolve_temperature, validate_loss_spec)
 
 # softmax([1, 2]) = [e/(e+e^2), e^2/(e+e^2)] = [0.268941, 0.731059]

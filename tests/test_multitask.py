@@ -8,10 +8,10 @@ import torch
 
 from kd_system.config import load_config
 from kd_system.errors import ConfigError
-from kd_system.networks import SharedTrunkMLPs, count_parameters
-from kd_system.policy_files import FrozenPolicy
-from kd_system.preparation import prepare
-from kd_system.task_reports import combine_reports
+from kd_system.policies.networks import SharedTrunkMLPs, count_parameters
+from kd_system.policies.files import FrozenPolicy
+from kd_system.launch.preparation import prepare
+from kd_system.checkpoints.summary import combine_reports
 
 from test_e2e import SHORT, kd, only_run_dir, read_jsonl
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from kd_system.errors import CheckpointError
-from kd_system.networks import build_network, count_parameters
-from kd_system.policy_files import FrozenPolicy, PolicyBundle, PolicySpec, load_bundle, save_policy
+from kd_system.policies.networks import build_network, count_parameters
+from kd_system.policies.files import FrozenPolicy, PolicyBundle, PolicySpec, load_bundle, save_policy
 
 NETWORK = {"kind": "mlp", "hidden": [16, 16], "activation": "relu"}
 

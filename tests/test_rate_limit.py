@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from kd_system.collector import Collector, CollectorSettings
+from kd_system.actors.collector import Collector, CollectorSettings
 from kd_system.config import LearnerConfig, load_config
 from kd_system.errors import ConfigError
-from kd_system.learner import Learner, LearnerTask
-from kd_system.networks import build_network, count_parameters
-from kd_system.policy_files import PolicyBundle, PolicySpec
-from kd_system.rate_limit import SampleToInsertLimiter, check_deadlock_free
-from kd_system.store import ReplayStore, StoreAddress
+from kd_system.learner.learner import Learner, LearnerTask
+from kd_system.policies.networks import build_network, count_parameters
+from kd_system.policies.files import PolicyBundle, PolicySpec
+from kd_system.replay.rate_limit import SampleToInsertLimiter, check_deadlock_free
+from kd_system.replay.store import ReplayStore, StoreAddress
 
 NET = {"kind": "mlp", "hidden": [8], "activation": "relu"}
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from kd_system.experiments.scratch import ScratchBudget, train_from_scratch
-from kd_system.networks import build_network, cnn_spec, count_parameters
-from kd_system.policy_files import PolicySpec, save_policy
+from kd_system.policies.networks import build_network, cnn_spec, count_parameters
+from kd_system.policies.files import PolicySpec, save_policy
 
 pytestmark = pytest.mark.slow
 

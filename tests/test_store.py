@@ -14,9 +14,10 @@ import pytest
 import redis
 
 from kd_system.errors import CorruptChunkError, StoreError
-from kd_system.store import (LocalRedisServer, ReplayStore, StoreAddress, decode_chunk,
-                             encode_chunk, mask_url)
-from kd_system.store.codec import FORMAT_VERSION, MAGIC
+from kd_system.replay.redis_server import LocalRedisServer
+from kd_system.replay.store import ReplayStore, StoreAddress, mask_url
+from kd_system.replay.codec import decode_chunk, encode_chunk
+from kd_system.replay.codec import FORMAT_VERSION, MAGIC
 
 # ---------------------------------------------------------------- codec
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kd_system.errors import CheckpointError, ConfigError
-from kd_system.policy_files import FrozenPolicy, PolicySpec, save_policy
-from kd_system.teacher_training import TeacherTrainConfig, register_cli, train_teacher
+from kd_system.policies.files import FrozenPolicy, PolicySpec, save_policy
+from kd_system.teachers.training import TeacherTrainConfig, register_cli, train_teacher
 
 CARD_FIELDS = {"eval_return_mean", "eval_return_std", "eval_episodes", "random_return_mean", "random_return_std",
                "train_env_steps", "train_wall_s", "algorithm", "rllib_version", "hidden", "num_params", "command",
@@ -78,7 +78,7 @@ def ray_session():
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["dqn", "ppo"])
 def test_export_reproduces_rllib_module(ray_session, tmp_path, algorithm):
-    from kd_system.rllib_export import DEFAULTS, build_algo, mlp_model_config, export_mlp, rllib_outputs, sample_observations, verify_export
+    from kd_system.teachers.rllib_export import DEFAULTS, build_algo, mlp_model_config, export_mlp, rllib_outputs, sample_observations, verify_export
     import gymnasium as gym
 
     algo = build_algo("CartPole-v1", {}, algorithm, mlp_model_config((32, 32)), {**DEFAULTS[algorithm], **TINY[algorithm]}, 0, 0)
@@ -129,7 +129,7 @@ def test_train_teacher_end_to_end(ray_session, tmp_path, algorithm, output_kind)
 def test_train_atari_teacher_exports_rllibs_cnn_onto_our_convnet(ray_session, tmp_path):
     """RLlib sees channels-last frames in [0, 1] and flattens its convs (h, w, c)-wise; the exported
     ConvNet takes uint8 (4, 84, 84) stacks: the card records the verified max difference."""
-    from kd_system.rllib_atari import RllibAtariEnv, to_rllib_obs
+    from kd_system.teachers.rllib_cnn import RllibAtariEnv, to_rllib_obs
 
     env = RllibAtariEnv({"env_id": "ALE/Pong-v5"})
     try:

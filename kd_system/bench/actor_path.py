@@ -9,14 +9,14 @@ from typing import Callable
 import numpy as np
 import redis
 
-from ..acting import make_acting_policy
-from ..envs import make_env
-from ..policy_files import FrozenPolicy
-from ..stepping import LabellingLoop
-from ..topology import collector_settings
-from .context import BenchContext, clear_namespace
-from .ray_collectors import measure_collectors, start_collectors, stop_collectors
-from .timing import steady_rate, torch_threads
+from kd_system.actors.behaviour import make_acting_policy
+from kd_system.envs.make import make_env
+from kd_system.policies.files import FrozenPolicy
+from kd_system.actors.labelling import LabellingLoop
+from kd_system.launch.topology import collector_settings
+from kd_system.bench.context import BenchContext, clear_namespace
+from kd_system.bench.ray_collectors import measure_collectors, start_collectors, stop_collectors
+from kd_system.bench.timing import steady_rate, torch_threads
 
 NAIVE_KEYS = 4_096  # the naive loop overwrites a ring of keys: Redis memory stays bounded (~115 MB for Atari)
 

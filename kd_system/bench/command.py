@@ -10,8 +10,8 @@ import os
 import platform
 from typing import Callable
 
-from ..metrics import say
-from .context import DEFAULT_ENV, SECTIONS, BenchContext, BenchOptions, parse_only
+from kd_system.metrics import say
+from kd_system.bench.context import DEFAULT_ENV, SECTIONS, BenchContext, BenchOptions, parse_only
 
 RUN_ORDER = ("store", "learner", "actor", "scaling")
 RAY_SECTIONS = {"actor", "scaling"}
@@ -30,15 +30,15 @@ def _cpu_model() -> str:
 
 def _section_runner(name: str) -> Callable:
     if name == "actor":
-        from .actor_path import run_actor_path
+        from kd_system.bench.actor_path import run_actor_path
         return run_actor_path
     if name == "store":
-        from .store_bench import run_store
+        from kd_system.bench.store_bench import run_store
         return run_store
     if name == "learner":
-        from .learner_bench import run_learner
+        from kd_system.bench.learner_bench import run_learner
         return run_learner
-    from .scaling import run_scaling
+    from kd_system.bench.scaling import run_scaling
     return run_scaling
 
 
@@ -47,8 +47,8 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
     import ray
     import torch
 
-    from .ray_collectors import start_local_ray
-    from .report import check_targets, store_vs_learner
+    from kd_system.bench.ray_collectors import start_local_ray
+    from kd_system.bench.report import check_targets, store_vs_learner
 
     load_start = os.getloadavg()[0]
     ctx = BenchContext(options)
@@ -85,7 +85,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .report import render, write_json
+    from kd_system.bench.report import render, write_json
 
     options = BenchOptions(env_id=args.env, teacher=args.teacher, seconds=args.seconds, num_envs=args.num_envs,
                            only=parse_only(args.only), json_path=args.json, redis_url=args.redis_url,

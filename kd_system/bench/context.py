@@ -11,18 +11,19 @@ from pathlib import Path
 
 import torch
 
-from ..atari import is_atari_id, student_network_for
-from ..collector import Collector
-from ..config import PACKAGE_DIR, ActorConfig, EnvConfig, RunConfig, StoreConfig
-from ..envs import EnvSpaces, check_env_id, env_spaces
-from ..errors import CheckpointError, ConfigError, StoreError
-from ..loss_spec import student_output_kind
-from ..networks import build_network, cnn_spec, count_parameters
-from ..policy_files import PolicyBundle, PolicySpec, load_bundle
-from ..preparation import Prepared, PreparedTask
-from ..store import LocalRedisServer, ReplayStore, StoreAddress
-from ..topology import collector_settings
-from .timing import torch_threads
+from kd_system.envs.atari import is_atari_id, student_network_for
+from kd_system.actors.collector import Collector
+from kd_system.config import PACKAGE_DIR, ActorConfig, EnvConfig, RunConfig, StoreConfig
+from kd_system.envs.make import EnvSpaces, check_env_id, env_spaces
+from kd_system.errors import CheckpointError, ConfigError, StoreError
+from kd_system.learner.loss_spec import student_output_kind
+from kd_system.policies.networks import build_network, cnn_spec, count_parameters
+from kd_system.policies.files import PolicyBundle, PolicySpec, load_bundle
+from kd_system.launch.preparation import Prepared, PreparedTask
+from kd_system.replay.redis_server import LocalRedisServer
+from kd_system.replay.store import ReplayStore, StoreAddress
+from kd_system.launch.topology import collector_settings
+from kd_system.bench.timing import torch_threads
 
 SECTIONS = ("actor", "store", "learner", "scaling")
 DEFAULT_ENV = "ALE/Pong-v5"

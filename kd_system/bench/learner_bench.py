@@ -9,11 +9,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..learner import Learner, LearnerTask
-from ..rate_limit import SampleToInsertLimiter
-from ..store import ReplayStore
-from .context import BenchContext
-from .timing import torch_threads
+from kd_system.learner.learner import Learner, LearnerTask
+from kd_system.replay.rate_limit import SampleToInsertLimiter
+from kd_system.replay.store import ReplayStore
+from kd_system.bench.context import BenchContext
+from kd_system.bench.timing import torch_threads
 
 # The store is filled once up front, so the replay-ratio limiter must never hold the learner back.
 NEVER_WAIT = 1e12

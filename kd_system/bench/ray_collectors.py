@@ -9,12 +9,12 @@ from typing import Any
 
 import ray
 
-from ..errors import KDError
-from ..head import ACTOR_CALL_S
-from ..preparation import Prepared
-from ..config import RunConfig
-from ..store import StoreAddress
-from ..topology import WORKER_ENV, make_collector
+from kd_system.errors import KDError
+from kd_system.launch.head import ACTOR_CALL_S
+from kd_system.launch.preparation import Prepared
+from kd_system.config import RunConfig
+from kd_system.replay.store import StoreAddress
+from kd_system.launch.topology import WORKER_ENV, make_collector
 
 TIMED_PARTS = ("env", "teacher", "store")  # the collector's time_*_s counters
 SCALING_ACTORS = (1, 2, 4)

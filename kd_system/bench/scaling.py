@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from .context import BenchContext, clear_namespace
-from .ray_collectors import SCALING_ACTORS, actor_cpus, measure_collectors, start_collectors, stop_collectors
+from kd_system.bench.context import BenchContext, clear_namespace
+from kd_system.bench.ray_collectors import SCALING_ACTORS, actor_cpus, measure_collectors, start_collectors, stop_collectors
 
 
 def run_scaling(ctx: BenchContext, log: Callable[[str], None]) -> dict:

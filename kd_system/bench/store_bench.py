@@ -9,10 +9,11 @@ from typing import Callable
 import numpy as np
 import redis
 
-from ..store import ReplayStore, encode_chunk
-from .codecs import compare_codecs
-from .context import BenchContext, clear_namespace
-from .timing import steady_rate
+from kd_system.replay.store import ReplayStore
+from kd_system.replay.codec import encode_chunk
+from kd_system.bench.codecs import compare_codecs
+from kd_system.bench.context import BenchContext, clear_namespace
+from kd_system.bench.timing import steady_rate
 
 ARRAYS = ("obs", "teacher_out", "action")  # what a collector's chunk holds per state
 

@@ -6,9 +6,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..errors import ConfigError
-from .grid import Grid, cross, load_grid
-from .runner import THRESHOLD, run_cells, run_scratch
+from kd_system.errors import ConfigError
+from kd_system.experiments.grid import Grid, cross, load_grid
+from kd_system.experiments.runner import THRESHOLD, run_cells, run_scratch
 
 PHASES = ("cells", "scratch", "report")
 
@@ -36,8 +36,8 @@ def _grid_from_args(args: argparse.Namespace) -> Grid:
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from .plots import plot_curves, plot_steps_bars
-    from .table import collect_rows, write_csv, write_markdown
+    from kd_system.experiments.plots import plot_curves, plot_steps_bars
+    from kd_system.experiments.table import collect_rows, write_csv, write_markdown
 
     grid = _grid_from_args(args)
     out_dir = Path(args.out)

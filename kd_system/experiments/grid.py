@@ -22,11 +22,11 @@ from typing import Any
 
 import yaml
 
-from ..config import PACKAGE_DIR, load_config, resolve_teacher_path
-from ..errors import ConfigError
-from ..loss_spec import validate_loss_spec
-from ..networks import build_network, cnn_spec, count_parameters
-from .scratch import ScratchBudget
+from kd_system.config import PACKAGE_DIR, load_config, resolve_teacher_path
+from kd_system.errors import ConfigError
+from kd_system.learner.loss_spec import validate_loss_spec
+from kd_system.policies.networks import build_network, cnn_spec, count_parameters
+from kd_system.experiments.scratch import ScratchBudget
 
 ACTING = ("teacher", "student", "mixed")
 STUDENT_LAYERS = 2

@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from .curves import eval_curve, read_records  # noqa: E402
-from .grid import Grid, env_slug  # noqa: E402
+from kd_system.experiments.curves import eval_curve, read_records  # noqa: E402
+from kd_system.experiments.grid import Grid, env_slug  # noqa: E402
 
 COLOURS = {"teacher": "tab:blue", "student": "tab:orange", "mixed": "tab:green"}
 SIZE_STYLES = ["-", "--", ":", "-."]
@@ -88,7 +88,7 @@ def plot_seed_curves(out_dir: Path, seeds: list[int], report_dir: Path) -> list[
     """Per task: normalized score (top) and greedy agreement on held-out teacher states (bottom) vs
     learner updates, one line per seed. The axes are zoomed near the teacher (the interesting
     differences between seeds are in the third decimal), widened to show students above it."""
-    from .repeats import seed_run_name
+    from kd_system.experiments.repeats import seed_run_name
 
     runs = {seed: out_dir / "runs" / seed_run_name(seed) / "metrics.jsonl" for seed in seeds}
     runs = {seed: [r for r in read_records(path) if r.get("kind") == "eval"] for seed, path in runs.items() if path.is_file()}

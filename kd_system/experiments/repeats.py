@@ -16,7 +16,7 @@ import math
 import sys
 from pathlib import Path
 
-from .runner import run_resumable
+from kd_system.experiments.runner import run_resumable
 
 
 def seed_run_name(seed: int) -> str:
@@ -115,7 +115,7 @@ def write_seed_table(rows: list[dict], markdown_path: Path, csv_path: Path) -> N
 
 
 def _repeat(args: argparse.Namespace) -> int:
-    from .plots import plot_seed_curves
+    from kd_system.experiments.plots import plot_seed_curves
 
     out_dir = Path(args.out)
     phases = args.only or ["runs", "report"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import kd_system
 
-from .grid import Cell, Grid, env_slug, shipped_config_name, student_shape
+from kd_system.experiments.grid import Cell, Grid, env_slug, shipped_config_name, student_shape
 
 THRESHOLD = 0.95
 

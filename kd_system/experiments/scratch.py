@@ -17,13 +17,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..atari import is_atari_id
-from ..envs import env_spaces
-from ..evaluation import run_episodes
-from ..policy_files import FrozenPolicy, PolicySpec
-from ..rllib_atari import ATARI_DEFAULTS, cnn_model_config, export_cnn, register_training_env
-from ..rllib_export import DEFAULTS, build_algo, export_mlp, mlp_model_config
-from ..scores import normalized_score
+from kd_system.envs.atari import is_atari_id
+from kd_system.envs.make import env_spaces
+from kd_system.evaluation.episodes import run_episodes
+from kd_system.policies.files import FrozenPolicy, PolicySpec
+from kd_system.teachers.rllib_cnn import ATARI_DEFAULTS, cnn_model_config, export_cnn, register_training_env
+from kd_system.teachers.rllib_export import DEFAULTS, build_algo, export_mlp, mlp_model_config
+from kd_system.evaluation.scores import normalized_score
 
 EVAL_SEED = 2_000_000  # episodes disjoint from the teacher card's and the distillation runs' seeds
 

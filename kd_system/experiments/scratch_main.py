@@ -5,9 +5,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import load_config, resolve_teacher_path
-from .grid import shipped_config_name
-from .scratch import ScratchBudget, train_from_scratch
+from kd_system.config import load_config, resolve_teacher_path
+from kd_system.experiments.grid import shipped_config_name
+from kd_system.experiments.scratch import ScratchBudget, train_from_scratch
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ import json
 import math
 from pathlib import Path
 
-from .curves import eval_curve, first_reaching, read_records
-from .grid import Cell, Grid
+from kd_system.experiments.curves import eval_curve, first_reaching, read_records
+from kd_system.experiments.grid import Cell, Grid
 
 COLUMNS = [  # (key, markdown header)
     ("env", "env"), ("student_params", "student params"), ("teacher_pct", "% of teacher"), ("loss", "loss"),
@@ -46,7 +46,7 @@ def cell_row(cell: Cell, run_dir: Path, scratch: dict | None, threshold: float) 
 
 
 def collect_rows(grid: Grid, out_dir: Path, threshold: float) -> list[dict]:
-    from .runner import scratch_path
+    from kd_system.experiments.runner import scratch_path
 
     rows = []
     for cell in grid.cells:

@@ -1,0 +1,76 @@
+"""Environment construction. Every env the system touches is made here, so Atari slots in
+as one more branch of ``make_env`` with its preprocessing."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from kd_system.envs import atari
+from kd_system.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EnvSpaces:
+    obs_shape: tuple[int, ...]
+    obs_dtype: str
+    num_actions: int
+
+
+def check_env_id(env_id: str, field_name: str = "env.id") -> None:
+    if atari.is_atari_id(env_id):
+        atari.game_of(env_id, field_name)
+        return
+    atari.refuse_legacy_atari_id(env_id, field_name)
+    if env_id not in gym.registry:
+        atari.register_ale_ids()  # so that "Pong-v5" suggests ALE/Pong-v5
+        close = [name for name in gym.registry if env_id.lower().split("-")[0] in name.lower()][:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(
+            f"{field_name}: {env_id!r} is not a registered Gymnasium environment{hint}; "
+            "use an id such as CartPole-v1, Acrobot-v1, LunarLander-v3 or ALE/Pong-v5"
+        )
+
+
+def make_env(env_id: str, seed: int | None = None) -> gym.Env:
+    if atari.is_atari_id(env_id):  # raw-score protocol: evaluation must see game scores, whole episodes
+        env = atari.SingleAtariEnv(env_id, atari.RAW_SCORE)
+        if seed is not None:
+            env.reset(seed=seed)
+            env.action_space.seed(seed)
+        return env
+    check_env_id(env_id)
+    try:
+        env = gym.make(env_id)
+    except gym.error.DependencyNotInstalled as exc:
+        raise ConfigError(f"env.id {env_id!r} needs an extra package: {exc}") from None
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        env.close()
+        raise ConfigError(f"env.id {env_id!r} has a {type(env.action_space).__name__} action space; "
+                          "kd_system distils discrete-action policies only")
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env
+
+
+def env_spaces(env_id: str) -> EnvSpaces:
+    env = make_env(env_id)
+    try:
+        space = env.observation_space
+        return EnvSpaces(tuple(int(d) for d in space.shape), str(np.dtype(space.dtype)), int(env.action_space.n))
+    finally:
+        env.close()
+
+
+def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorEnv:
+    """Synchronous vector env (same-step autoreset) for actors; cheap envs gain nothing from subprocesses.
+    Atari ids get ale-py's threaded C++ vector env with the same preprocessing as ``make_env``."""
+    if atari.is_atari_id(env_id):
+        return atari.make_atari_vector_env(env_id, num_envs, seed, atari.RAW_SCORE)
+    check_env_id(env_id)
+    env_fns = [lambda: make_env(env_id) for _ in range(num_envs)]
+    vec = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    vec.action_space.seed(seed)  # not reset here: the caller's reset(seed=) is the only one, as for Atari
+    return vec

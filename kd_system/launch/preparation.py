@@ -1,0 +1,135 @@
+"""Everything checked before Ray or Redis start: envs, teachers, student. Errors name the field."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from kd_system.envs.atari import is_atari_id, student_network_for
+from kd_system.config import RunConfig, TaskConfig, resolve_teacher_path
+from kd_system.envs.make import env_spaces, check_env_id
+from kd_system.errors import CheckpointError, ConfigError
+from kd_system.actors.lookahead import LookaheadSettings, check_copyable, has_time_limit
+from kd_system.learner.loss_spec import student_output_kind
+from kd_system.learner.losses import resolve_temperature
+from kd_system.metrics import say
+from kd_system.policies.networks import SharedTrunkMLPs, build_network, count_parameters
+from kd_system.policies.files import PolicyBundle, PolicySpec, load_bundle
+
+
+def label_kind(teacher_kind: str, lookahead: LookaheadSettings | None) -> str:
+    """What a task's stored labels are: the teacher's own outputs, or logits of the improved policy."""
+    return "logits" if lookahead is not None else teacher_kind
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    name: str
+    env_id: str
+    teacher: PolicyBundle
+    teacher_path: str
+    teacher_params: int
+    student_spec: PolicySpec  # this task's view of the student: a plain MLP checkpoint
+    lookahead: LookaheadSettings | None = None  # set: states are labelled by the rollout-improved teacher
+
+    @property
+    def label_kind(self) -> str:
+        return label_kind(self.teacher.spec.output_kind, self.lookahead)
+
+    @property
+    def label_temperature(self) -> float | None:
+        """The learner's temperature for this task's labels (None: its configured one). Improved
+        logits already carry the teacher's temperature, so the learner reads them at 1."""
+        return 1.0 if self.lookahead is not None else None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    tasks: tuple[PreparedTask, ...]
+    teacher_params: int  # all teachers together
+    student_params: int  # the student's distinct parameters (a shared trunk counts once)
+
+    @property
+    def multi_task(self) -> bool:
+        return len(self.tasks) > 1
+
+    @property
+    def env_label(self) -> str:
+        return "+".join(task.env_id for task in self.tasks)
+
+
+def _field(config: RunConfig, index: int, key: str) -> str:
+    """The config field a task came from, for error messages."""
+    if config.tasks:
+        return f"tasks[{index}].{key}"
+    return {"env": "env.id", "teacher": "teacher.checkpoint", "lookahead": "lookahead.enabled"}[key]
+
+
+def _load_teacher(config: RunConfig, index: int, task: TaskConfig) -> tuple[PolicyBundle, str]:
+    where = _field(config, index, "teacher")
+    try:
+        teacher_path = resolve_teacher_path(task.teacher)
+        return load_bundle(teacher_path), str(teacher_path)
+    except (CheckpointError, ConfigError) as exc:
+        message = str(exc).removeprefix("teacher.checkpoint: ")
+        raise type(exc)(f"{where}: {message}") from None
+
+
+def _prepare_task(config: RunConfig, index: int, task: TaskConfig, network: dict) -> PreparedTask:
+    check_env_id(task.env, _field(config, index, "env"))
+    teacher, teacher_path = _load_teacher(config, index, task)
+    spaces = env_spaces(task.env)
+    t = teacher.spec
+    if tuple(t.obs_shape) != spaces.obs_shape or t.num_actions != spaces.num_actions:
+        raise ConfigError(
+            f"{_field(config, index, 'teacher')} {teacher_path} expects observations {tuple(t.obs_shape)} and "
+            f"{t.num_actions} actions but {_field(config, index, 'env')} {task.env} has {spaces.obs_shape} and "
+            f"{spaces.num_actions}; use a teacher trained on {task.env}")
+    if t.env_id != task.env:
+        say(f"note: teacher was trained on {t.env_id} but the env is {task.env} (spaces match, continuing)")
+    lookahead = _lookahead_settings(config, index, task, t.output_kind)
+    teacher_params = count_parameters(teacher.module())
+    view_params = count_parameters(build_network(network, spaces.obs_shape, spaces.num_actions))
+    card = {"distilled_from": teacher_path, "teacher_params": teacher_params,
+            "param_fraction_of_teacher": view_params / teacher_params, "loss": config.learner.loss,
+            "labels": "teacher" if lookahead is None else
+            f"lookahead (rollout-improved teacher, eta={lookahead.eta:g}, horizon={lookahead.horizon_steps or 'episode'})"}
+    output_kind = student_output_kind(config.learner.loss, label_kind(t.output_kind, lookahead))
+    student_spec = PolicySpec(
+        role="student", env_id=task.env, obs_shape=spaces.obs_shape, obs_dtype=spaces.obs_dtype,
+        num_actions=spaces.num_actions, output_kind=output_kind, network=network, num_params=view_params,
+        model_card=card)
+    return PreparedTask(task.name, task.env, teacher, teacher_path, teacher_params, student_spec, lookahead)
+
+
+def _lookahead_settings(config: RunConfig, index: int, task: TaskConfig, teacher_kind: str) -> LookaheadSettings | None:
+    if not task.lookahead:
+        return None
+    where = _field(config, index, "lookahead")
+    check_copyable(task.env, where)
+    horizon = config.lookahead.horizon_steps
+    if horizon is None and not has_time_limit(task.env):
+        raise ConfigError(f"{where}: {task.env} has no time limit, so rollouts to the episode's end may never stop; "
+                          "set lookahead.horizon_steps")
+    return LookaheadSettings(config.lookahead.eta, resolve_temperature(config.learner.temperature, teacher_kind), horizon)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    first_env = config.task_list()[0].env
+    network = student_network_for(first_env, config.student.hidden, config.student.activation, config.student.preset)
+    if len(config.task_list()) > 1 and any(is_atari_id(task.env) for task in config.task_list()):
+        raise ConfigError("tasks: multi-task students are MLP-only so far; give one Atari task per run")
+    tasks = tuple(_prepare_task(config, i, task, network) for i, task in enumerate(config.task_list()))
+    teacher_params = sum(task.teacher_params for task in tasks)
+    if len(tasks) == 1:
+        student_params = tasks[0].student_spec.num_params
+    else:
+        shapes = [(math.prod(task.student_spec.obs_shape), task.student_spec.num_actions) for task in tasks]
+        student_params = count_parameters(SharedTrunkMLPs(shapes, list(config.student.hidden), config.student.activation))
+    fraction = student_params / teacher_params
+    if fraction > config.student.max_param_fraction:
+        whose = "the teacher's" if len(tasks) == 1 else "the teachers' combined"
+        raise ConfigError(
+            f"{'student.preset ' + config.student.preset if network['kind'] == 'cnn' else 'student.hidden ' + str(list(config.student.hidden))} gives {student_params} parameters, {fraction:.1%} of "
+            f"{whose} {teacher_params}, above student.max_param_fraction {config.student.max_param_fraction}; "
+            "use smaller layers or raise the fraction")
+    return Prepared(tasks, teacher_params, student_params)

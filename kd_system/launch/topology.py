@@ -1,0 +1,169 @@
+"""The one place that knows the distributed topology: which components become Ray actors,
+with what resources, on which nodes. Components themselves are plain classes."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from kd_system.actors.behaviour import TeacherShareSchedule
+from kd_system.launch.cluster_info import actors_per_task
+from kd_system.actors.collector import Collector, CollectorSettings
+from kd_system.config import RunConfig, limiter_of
+from kd_system.errors import ConfigError, KDError
+from kd_system.evaluation.evaluator import Evaluator
+from kd_system.metrics import say
+from kd_system.learner.learner import Learner, LearnerTask
+from kd_system.launch.preparation import Prepared
+from kd_system.replay.store import StoreAddress
+
+# Workers inherit these so that fractional-CPU actors do not each spawn a full thread pool.
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def connect_ray(address: str | None) -> bool:
+    """Join the cluster at ``address`` (else at $RAY_ADDRESS, which Ray sets for a job's driver) or
+    start a local one; returns True if this process connected Ray (and so shuts it down)."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                              "runtime_env": {"env_vars": WORKER_ENV}}
+    where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS', '')}"
+    if address or os.environ.get("RAY_ADDRESS"):
+        try:
+            ray.init(address=address, **kwargs)  # address None: ray.init reads RAY_ADDRESS
+        except ray.exceptions.AuthenticationError:
+            raise KDError(f"the Ray cluster at {where} refused this process's token: set RAY_AUTH_MODE=token and "
+                          "RAY_AUTH_TOKEN to the cluster's token (deploy/README.md)") from None
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise KDError(f"cannot join the Ray cluster at {where} ({first}); "
+                          "start it with `ray start --head` or fix the address") from None
+    else:
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        ray.init(**kwargs)
+    _interrupt_on_sigterm()
+    return True
+
+
+def _interrupt_on_sigterm() -> None:
+    """ray.init makes SIGTERM exit at once; make it act like Ctrl-C instead, so that `docker stop`,
+    Kubernetes and `ray job stop` end a run with a last snapshot, a final evaluation and a summary."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def _placed(component: type) -> Any:
+    """The component as a Ray actor class that can also say which node it runs on."""
+    placed = type(component.__name__, (component,), {
+        "node_id": lambda self: ray.get_runtime_context().get_node_id(),
+    })
+    return ray.remote(placed)
+
+
+def _resources(name: str | None) -> dict[str, float]:
+    # a tiny share, so any number of actors fit on a node that offers the resource
+    return {name: 0.001} if name else {}
+
+
+@dataclass
+class Components:
+    collectors: list[Any]
+    collector_tasks: list[int]  # the task index each collector works for
+    learner: Any
+    evaluators: list[Any]  # one per task
+    learner_num_gpus: float
+
+
+def learner_gpus(config: RunConfig) -> float:
+    if config.learner.device == "cpu":
+        return 0.0
+    if ray.cluster_resources().get("GPU", 0) >= 1:
+        return 1.0
+    if config.learner.device == "cuda" and config.learner.ray_resource:
+        # Pinned to GPU nodes that are not up yet: asking for the GPU makes an autoscaler start one.
+        say(f"learner.device=cuda and no GPU in the cluster yet: the learner waits for a node offering "
+            f"{config.learner.ray_resource} with a GPU")
+        return 1.0
+    return 0.0
+
+
+def collector_settings(config: RunConfig, actor_id: int, task_index: int = 0,
+                       prepared: Prepared | None = None) -> CollectorSettings:
+    a = config.actors
+    return CollectorSettings(actor_id=actor_id, env_id=config.task_list()[task_index].env, num_envs=a.envs_per_actor,
+                             epsilon=a.epsilon, chunk_states=config.store.chunk_states,
+                             chunks_per_write=a.chunks_per_write, torch_threads=a.torch_threads,
+                             seed=config.head.seed * 100_003 + 1_000 * (actor_id + 1), task_id=task_index,
+                             acting=a.acting, weights_refresh_steps=a.weights_refresh_steps,
+                             teacher_share=TeacherShareSchedule(a.teacher_share_start, a.teacher_share_end,
+                                                                a.teacher_share_decay_updates),
+                             limiter=limiter_of(config),
+                             lookahead=prepared.tasks[task_index].lookahead if prepared is not None else None)
+
+
+def make_collector(config: RunConfig, actor_id: int, task_index: int, prepared: Prepared,
+                   stores: list[StoreAddress]) -> Any:
+    # No Ray-level restarts: the head replaces a dead collector itself, with fresh arguments.
+    task = prepared.tasks[task_index]
+    remote_cls = _placed(Collector).options(num_cpus=config.actors.num_cpus,
+                                            resources=_resources(config.actors.ray_resource))
+    return remote_cls.remote(collector_settings(config, actor_id, task_index, prepared), stores[task_index], task.teacher,
+                             task.student_spec)
+
+
+def check_cpu_reservations(config: RunConfig, actors_per_task: int, num_tasks: int, cluster_cpus: float) -> None:
+    """Refuse reservations a fixed cluster can never grant: Ray would leave the last component
+    pending forever, and the run would hang without a word."""
+    actors = actors_per_task * num_tasks
+    asked = actors * config.actors.num_cpus + config.learner.num_cpus + num_tasks * config.head.evaluator_num_cpus
+    if asked > cluster_cpus + 1e-9:
+        raise ConfigError(
+            f"actors.num_cpus ({config.actors.num_cpus:g} x {actors} actors) + learner.num_cpus "
+            f"({config.learner.num_cpus:g}) + head.evaluator_num_cpus ({config.head.evaluator_num_cpus:g} x {num_tasks}) "
+            f"reserve {asked:g} CPUs, but the local Ray cluster has {cluster_cpus:g}; lower them (they are Ray "
+            "reservations for placement, not limits on the threads each part uses)")
+
+
+def start_components(config: RunConfig, prepared: Prepared, stores: list[StoreAddress],
+                     fixed_cluster: bool = False) -> Components:
+    """``actors.num_actors`` collectors per task, one learner, one evaluator per task. On a
+    ``fixed_cluster`` (the local one this process started) reservations that cannot fit are refused."""
+    per_task = actors_per_task(config, len(prepared.tasks))  # a fixed number, or what the cluster has room for
+    if fixed_cluster:
+        check_cpu_reservations(config, per_task, len(prepared.tasks), float(ray.cluster_resources().get("CPU", 0.0)))
+    collector_tasks = [t for t in range(len(prepared.tasks)) for _ in range(per_task)]
+    collectors = [make_collector(config, i, t, prepared, stores) for i, t in enumerate(collector_tasks)]
+    gpus = learner_gpus(config)
+    learner_tasks = [LearnerTask(store, task.student_spec, task.label_kind, task.label_temperature)
+                     for store, task in zip(stores, prepared.tasks)]
+    learner = _placed(Learner).options(num_cpus=config.learner.num_cpus, num_gpus=gpus,
+                                       resources=_resources(config.learner.ray_resource)).remote(
+        config.learner, learner_tasks, limiter_of(config))
+    evaluators = [_placed(Evaluator).options(num_cpus=config.head.evaluator_num_cpus).remote(
+        task.env_id, task.teacher, config.head.heldout_states, temperature=config.learner.temperature,
+        student_temperature=config.learner.student_temperature) for task in prepared.tasks]
+    return Components(collectors, collector_tasks, learner, evaluators, gpus)
+
+
+def placement(components: Components) -> dict[str, Any]:
+    """Node id of every component, for the summary and for tests of multi-node placement."""
+    return {"learner": ray.get(components.learner.node_id.remote()),
+            "evaluator": ray.get(components.evaluators[0].node_id.remote()),
+            "actors": ray.get([c.node_id.remote() for c in components.collectors]),
+            "head": ray.get_runtime_context().get_node_id()}
+
+
+def stop_components(components: Components) -> None:
+    for handle in [*components.collectors, components.learner, *components.evaluators]:
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:  # already dead: nothing to stop
+            pass

@@ -1,0 +1,172 @@
+"""Policy networks built from a JSON-able spec, so checkpoints never carry code.
+
+A spec is a dict such as ``{"kind": "mlp", "hidden": [256, 256], "activation": "relu"}`` or
+``{"kind": "cnn", "preset": "rusu-7"}`` (Atari frame stacks; see ``CNN_PRESETS``).
+New kinds register a builder in ``_BUILDERS``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from kd_system.errors import CheckpointError
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+
+class MLP(nn.Module):
+    """Linear layers with activations between them; outputs one value per action."""
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden: list[int], activation: str = "relu"):
+        super().__init__()
+        sizes = [obs_dim, *hidden]
+        layers: list[nn.Module] = []
+        for size_in, size_out in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(size_in, size_out), _ACTIVATIONS[activation]()]
+        layers.append(nn.Linear(sizes[-1], num_actions))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.layers(obs.flatten(1).float())
+
+
+def _build_mlp(spec: dict[str, Any], obs_shape: tuple[int, ...], num_actions: int) -> nn.Module:
+    obs_dim = 1
+    for dim in obs_shape:
+        obs_dim *= int(dim)
+    hidden = [int(h) for h in spec.get("hidden", [])]
+    activation = spec.get("activation", "relu")
+    if activation not in _ACTIVATIONS:
+        raise CheckpointError(
+            f"network.activation {activation!r} is unknown; use one of {sorted(_ACTIVATIONS)}"
+        )
+    if any(h <= 0 for h in hidden):
+        raise CheckpointError(f"network.hidden {hidden} must list positive layer widths")
+    return MLP(obs_dim, num_actions, hidden, activation)
+
+
+class ConvNet(nn.Module):
+    """Conv layers, then fully connected layers, then one output per action, ReLU between them.
+
+    Inputs are frames in pixel units (0..255), uint8 or float: ``forward`` scales by 1/255, so
+    uint8 stacks travel from the env through the store to the learner's device at 1 byte a pixel.
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, channels: list[int], kernels: list[int],
+                 strides: list[int], fc: list[int], activation: str = "relu"):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels_in, height, width = obs_shape
+        for channels_out, kernel, stride in zip(channels, kernels, strides):
+            layers += [nn.Conv2d(channels_in, channels_out, kernel, stride), _ACTIVATIONS[activation]()]
+            channels_in, height, width = channels_out, (height - kernel) // stride + 1, (width - kernel) // stride + 1
+        layers.append(nn.Flatten(1))
+        sizes = [channels_in * height * width, *fc]
+        for size_in, size_out in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(size_in, size_out), _ACTIVATIONS[activation]()]
+        layers.append(nn.Linear(sizes[-1], num_actions))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.layers(obs.float() / 255.0)
+
+
+# Parameter counts below are for 4x84x84 inputs and 6 actions (Pong's minimal set).
+CNN_PRESETS: dict[str, dict[str, Any]] = {
+    # Mnih et al. 2015 (Nature) DQN: 1,687,206 parameters.
+    "nature": {"channels": [32, 64, 64], "kernels": [8, 4, 3], "strides": [4, 2, 1], "fc": [512]},
+    # Rusu et al. 2015, "Policy Distillation", Table 1 students (same kernels and strides):
+    # 424,790 parameters = 25.2% of nature (the paper: ~25%)
+    "rusu-25": {"channels": [16, 32, 32], "kernels": [8, 4, 3], "strides": [4, 2, 1], "fc": [256]},
+    # 111,798 parameters = 6.6% of nature (the paper: ~7%)
+    "rusu-7": {"channels": [16, 16, 16], "kernels": [8, 4, 3], "strides": [4, 2, 1], "fc": [128]},
+    # 61,174 parameters = 3.6% of nature (the paper: ~4%)
+    "rusu-4": {"channels": [16, 16, 16], "kernels": [8, 4, 3], "strides": [4, 2, 1], "fc": [64]},
+}
+_CNN_FIELDS = ("channels", "kernels", "strides", "fc")
+
+
+def cnn_spec(preset: str, activation: str = "relu") -> dict[str, Any]:
+    """The full, self-describing spec of a preset: checkpoints keep the layer sizes, not just a name."""
+    if preset not in CNN_PRESETS:
+        raise CheckpointError(f"network.preset {preset!r} is unknown; use one of {sorted(CNN_PRESETS)}")
+    return {"kind": "cnn", "preset": preset, **CNN_PRESETS[preset], "activation": activation}
+
+
+def _build_cnn(spec: dict[str, Any], obs_shape: tuple[int, ...], num_actions: int) -> nn.Module:
+    """``{"kind": "cnn", "preset": "rusu-7"}``, or explicit channels/kernels/strides/fc lists,
+    which override the preset's where both are given."""
+    fields = dict(cnn_spec(spec["preset"])) if "preset" in spec else {}
+    fields.update({key: spec[key] for key in _CNN_FIELDS if key in spec})
+    missing = [key for key in _CNN_FIELDS if key not in fields]
+    if missing:
+        raise CheckpointError(f"network.{missing[0]} is missing; give a network.preset "
+                              f"({', '.join(sorted(CNN_PRESETS))}) or all of {', '.join(_CNN_FIELDS)}")
+    channels, kernels, strides, fc = ([int(v) for v in fields[key]] for key in _CNN_FIELDS)
+    activation = spec.get("activation", "relu")
+    if activation not in _ACTIVATIONS:
+        raise CheckpointError(f"network.activation {activation!r} is unknown; use one of {sorted(_ACTIVATIONS)}")
+    if not len(channels) == len(kernels) == len(strides) or not channels:
+        raise CheckpointError(f"network.channels, kernels and strides have lengths {len(channels)}, {len(kernels)}, "
+                              f"{len(strides)}; give one kernel and one stride per conv layer (at least one)")
+    if min(channels + kernels + strides + (fc or [1])) <= 0:
+        raise CheckpointError("network.channels, kernels, strides and fc must hold positive integers")
+    if len(obs_shape) != 3:
+        raise CheckpointError(f"network.kind 'cnn' needs (channels, height, width) observations, not {obs_shape}; "
+                              "use kind 'mlp' for flat observations")
+    height, width = obs_shape[1:]
+    for index, (kernel, stride) in enumerate(zip(kernels, strides)):
+        height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+        if height < 1 or width < 1:
+            raise CheckpointError(f"network.kernels[{index}] {kernel} does not fit the {obs_shape} input after "
+                                  f"{index} conv layers; use smaller kernels or strides")
+    return ConvNet(obs_shape, num_actions, channels, kernels, strides, fc, activation)
+
+
+_BUILDERS: dict[str, Callable[[dict[str, Any], tuple[int, ...], int], nn.Module]] = {
+    "mlp": _build_mlp,
+    "cnn": _build_cnn,
+}
+
+
+def build_network(spec: dict[str, Any], obs_shape: tuple[int, ...], num_actions: int) -> nn.Module:
+    kind = spec.get("kind")
+    if kind not in _BUILDERS:
+        raise CheckpointError(f"network.kind {kind!r} is unknown; use one of {sorted(_BUILDERS)}")
+    return _BUILDERS[kind](spec, tuple(obs_shape), int(num_actions))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class SharedTrunkMLPs(nn.Module):
+    """One MLP per task whose hidden-to-hidden layers are the same modules for every task.
+
+    Task i's network is a plain :class:`MLP` (its own input layer, the shared trunk, its own
+    output head), so each task's student saves and loads as an ordinary ``mlp`` checkpoint.
+    Tasks may differ in observation size and action count, as classic-control tasks do.
+    """
+
+    def __init__(self, tasks: list[tuple[int, int]], hidden: list[int], activation: str = "relu"):
+        super().__init__()
+        if len(hidden) < 2:
+            raise CheckpointError("student.hidden needs at least two layers for a multi-task student "
+                                  "(the layers between them are what the tasks share)")
+        self.views = nn.ModuleList(MLP(obs_dim, num_actions, hidden, activation) for obs_dim, num_actions in tasks)
+        first = self.views[0].layers
+        trunk = range(2, 2 * len(hidden) - 1)  # after the input Linear+activation, before the head
+        for view in self.views[1:]:
+            for index in trunk:
+                view.layers[index] = first[index]
+
+    def forward(self, obs: torch.Tensor, task: int) -> torch.Tensor:
+        return self.views[task](obs)
