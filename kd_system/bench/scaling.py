@@ -4,7 +4,6 @@ many actors per node would be configured; on a machine with few cores the total 
 much, and the report says how many cores there were."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 from kd_system.bench.context import BenchContext, clear_namespace
@@ -15,8 +14,8 @@ def run_scaling(ctx: BenchContext, log: Callable[[str], None]) -> dict:
     rates, threads = [], []
     for count in SCALING_ACTORS:
         per_actor = max(1, ctx.threads // count)
-        config = dataclasses.replace(ctx.config, actors=dataclasses.replace(
-            ctx.config.actors, torch_threads=per_actor, num_cpus=actor_cpus()))
+        config = ctx.config.model_copy(update={"actors": ctx.config.actors.model_copy(
+            update={"torch_threads": per_actor, "num_cpus": actor_cpus()})})
         address = ctx.address(f"scaling-{count}")
         log(f"scaling: {count} collector(s), {ctx.num_envs} envs and {per_actor} torch thread(s) each ...")
         collectors = start_collectors(config, ctx.prepared, address, count)

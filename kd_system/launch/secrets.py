@@ -7,7 +7,6 @@ resolves the reference when it starts, so a resumed run reads the variable again
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 
@@ -49,4 +48,4 @@ def with_secrets(config: RunConfig) -> RunConfig:
     url = resolve_redis_url(config.store.redis_url)
     if url == config.store.redis_url:
         return config
-    return dataclasses.replace(config, store=dataclasses.replace(config.store, redis_url=url))
+    return config.model_copy(update={"store": config.store.model_copy(update={"redis_url": url})})

@@ -1,0 +1,42 @@
+"""The ``store`` section (the Redis ring of labelled states) and the ``limiter`` section (how
+fast the learner may sample what actors write; kd_system/replay/rate_limit.py)."""
+from __future__ import annotations
+
+from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+
+from kd_system.config_base import Number, Section
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class StoreConfig(Section):
+    """The Redis ring of labelled states that actors write and the learner samples."""
+    redis_url: StrictStr | None = Field(None, description=(
+        "null: the head starts a private redis-server; env:NAME reads the URL from $NAME "
+        "(kd_system/launch/secrets.py), keeping the password out of files"))
+    capacity_states: StrictInt = Field(200_000, gt=0, description="states the ring holds before overwriting the oldest")
+    chunk_states: StrictInt = Field(256, gt=0, description="states per chunk, the unit actors write")
+    clear_on_start: StrictBool = Field(True, description="drop what a previous run with the same name left in the store")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("env:") and value.split("://")[0] not in REDIS_SCHEMES:
+            raise ValueError("store.redis_url must start with redis://, rediss:// or unix://, or name a variable "
+                             "as env:NAME")
+        return value
+
+    @model_validator(mode="after")
+    def _two_chunks(self) -> StoreConfig:
+        if self.capacity_states < 2 * self.chunk_states:
+            raise ValueError("store.capacity_states must hold at least two chunks (2 × store.chunk_states)")
+        return self
+
+
+class LimiterConfig(Section):
+    """Samples-per-insert rate limiting; RunConfig checks it cannot deadlock."""
+    min_size_to_sample: StrictInt = Field(5_000, description="the learner waits until the store holds this many states")
+    samples_per_insert: Number = Field(32.0, description=(
+        "replay ratio: states sampled by the learner per state written"))
+    error_buffer: Number | None = Field(None, description=(
+        "null: only the learner waits; a number: how far the ratio may drift before actors wait too"))
