@@ -5,14 +5,17 @@ import pytest
 import torch
 
 from kd_system.envs.atari import (OBS_SHAPE, RAW_SCORE, TEACHER_TRAINING, SingleAtariEnv, AtariSettings,
-                             make_atari_vector_env, student_network_for)
+                             make_atari_vector_env)
+from kd_system.policies.network_choice import student_network_for
 from kd_system.actors.collector import Collector, CollectorSettings
 from kd_system.envs.make import check_env_id, env_spaces, make_env, make_vector_env
 from kd_system.errors import CheckpointError, ConfigError
 from kd_system.evaluation.episodes import eval_epsilon, random_act_fn, run_episodes
 from kd_system.policies.networks import CNN_PRESETS, build_network, cnn_spec, count_parameters
 from kd_system.policies.files import FrozenPolicy, PolicyBundle, PolicySpec
-from kd_system.replay.store import ReplayStore, StoreAddress
+from kd_system.replay.connection import StoreAddress
+from kd_system.replay.table import ReplayTable
+from kd_system.types import ChunkMeta, LabelledChunk, LabelledStates
 from kd_system.replay.codec import encode_chunk
 
 PONG = "ALE/Pong-v5"
@@ -230,22 +233,22 @@ def _pong_states(count):
 
 def test_store_round_trips_uint8_frame_stacks(redis_url, run_id):
     obs = _pong_states(256)
-    chunk = {"obs": obs, "teacher_out": np.random.default_rng(0).normal(size=(256, 6)).astype(np.float32),
-             "action": np.arange(256, dtype=np.int32) % 6}
-    blob_bytes = len(encode_chunk(chunk, {"actor_id": 0}))
+    chunk = LabelledChunk(LabelledStates(obs, np.random.default_rng(0).normal(size=(256, 6)).astype(np.float32),
+                                         np.arange(256, dtype=np.int32) % 6), ChunkMeta(actor_id=0))
+    blob_bytes = len(encode_chunk(chunk.states.arrays(), chunk.meta.to_json()))
     bytes_per_state = blob_bytes / 256
     raw_per_state = obs[0].nbytes + 6 * 4 + 4
     print(f"\nAtari chunk of 256 Pong states: {bytes_per_state:.0f} B/state stored vs {raw_per_state} raw "
           f"({raw_per_state / bytes_per_state:.0f}x smaller)")
     assert bytes_per_state <= raw_per_state / 20  # the bound; Pong frames compress far better
-    store = ReplayStore(redis_url, run_id, capacity_states=1024, chunk_states=256)
+    store = ReplayTable(StoreAddress(redis_url, run_id, capacity_states=1024, chunk_states=256))
     try:
-        store.write_chunk(chunk, {"actor_id": 0})
+        store.insert([chunk])
         batch = store.sample(64, np.random.default_rng(1))
-        assert batch["obs"].dtype == np.uint8 and batch["obs"].shape == (64, 4, 84, 84)
-        for state, action in zip(batch["obs"], batch["action"]):  # each sampled state is a stored one
+        assert batch.obs.dtype == np.uint8 and batch.obs.shape == (64, 4, 84, 84)
+        for state, action in zip(batch.obs, batch.action):  # each sampled state is a stored one
             matches = np.flatnonzero((obs == state).all(axis=(1, 2, 3)))
-            assert matches.size and action in chunk["action"][matches]
+            assert matches.size and action in chunk.states.action[matches]
         assert store.stats()["bytes_stored"] == blob_bytes
     finally:
         store.clear()
@@ -264,13 +267,13 @@ def test_collector_on_pong_labels_uint8_states_with_a_cnn_teacher(redis_url, run
         report = collector.collect(1.0)
     finally:
         collector.close()
-    store = ReplayStore.from_address(address)
+    store = ReplayTable(address)
     try:
-        assert report["states_written"] == store.stats()["states_written"] >= 64
+        assert report.states_written == store.stats()["states_written"] >= 64
         batch = store.sample(32, np.random.default_rng(0))
-        assert batch["obs"].dtype == np.uint8 and batch["obs"].shape == (32, 4, 84, 84)
-        expected = FrozenPolicy.from_bundle(teacher).outputs(batch["obs"])
-        np.testing.assert_allclose(batch["teacher_out"], expected, rtol=1e-5, atol=1e-5)
+        assert batch.obs.dtype == np.uint8 and batch.obs.shape == (32, 4, 84, 84)
+        expected = FrozenPolicy.from_bundle(teacher).outputs(batch.obs)
+        np.testing.assert_allclose(batch.teacher_out, expected, rtol=1e-5, atol=1e-5)
     finally:
         store.clear()
 

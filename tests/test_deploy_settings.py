@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from deploy_helpers import REPO, clean_env, entrypoint
-from kd_system.launch.cluster_info import Demand, actor_slots
+from kd_system.launch.cluster_info import Demand, actor_slots, learner_demand, learner_gpus_for
 from kd_system.config import load_config
 from kd_system.launch.secrets import resolve_redis_url, with_secrets
 from kd_system.errors import ConfigError
@@ -45,6 +45,25 @@ def test_auto_without_a_resource_uses_every_alive_node_and_rounds_shares_exactly
     nodes = [{"Alive": True, "Resources": {"CPU": 0.3}}, {"Alive": True, "Resources": {"CPU": 1.0}}]
     assert actor_slots(nodes, 0.1, None, []) == 3 + 10  # 0.3 / 0.1 is 2.9999... in floating point
     assert actor_slots([HEAD], 1.0, "kd_actor", [EVALUATOR]) == 0
+
+
+def test_learner_gpu_request_is_one_decision_for_placement_and_room():
+    """learner.device=cuda pinned to a ray_resource asks for a GPU before the cluster has one (so an
+    autoscaler starts a GPU node); the auto count must then not hold room for it on GPU-less nodes."""
+    cuda_pinned = load_config(None, ["learner.device=cuda", "learner.ray_resource=kd_learner"])
+    assert learner_gpus_for(cuda_pinned, cluster_gpus=0.0) == 1.0
+    demand = learner_demand(cuda_pinned, cluster_gpus=0.0)
+    assert demand == Demand(cuda_pinned.learner.num_cpus, 1.0, "kd_learner")
+    shared = {"NodeID": "s", "Alive": True, "Resources": {"CPU": 4.0, "kd_actor": 1.0, "kd_learner": 1.0}}
+    # 4 shares less one for the evaluator; the learner cannot land on this GPU-less node
+    assert actor_slots([shared], 1.0, "kd_actor", [demand, EVALUATOR]) == 3
+    with_gpu = {**shared, "Resources": {**shared["Resources"], "GPU": 1.0}}
+    assert actor_slots([with_gpu], 1.0, "kd_actor", [demand, EVALUATOR]) == 2
+    # the other cases: a GPU in the cluster is used unless device=cpu; without one, only the pinned cuda learner waits
+    assert learner_gpus_for(load_config(None, ["learner.device=cuda"]), cluster_gpus=0.0) == 0.0
+    assert learner_gpus_for(load_config(None, ["learner.device=auto"]), cluster_gpus=2.0) == 1.0
+    assert learner_gpus_for(load_config(None, ["learner.device=cpu", "learner.ray_resource=kd_learner"]),
+                            cluster_gpus=2.0) == 0.0
 
 
 def test_num_actors_accepts_a_number_or_auto():

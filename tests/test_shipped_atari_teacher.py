@@ -9,7 +9,7 @@ from kd_system.config import PACKAGE_DIR, load_config
 from kd_system.evaluation.episodes import random_act_fn, run_episodes
 from kd_system.policies.networks import count_parameters
 from kd_system.policies.files import FrozenPolicy
-from kd_system.teachers.training import _markdown
+from kd_system.teachers.card import markdown as _markdown
 
 TEACHER_DIR = PACKAGE_DIR / "teachers" / "breakout-v5"
 

@@ -10,7 +10,8 @@ import torch
 
 from kd_system.errors import CheckpointError, ConfigError
 from kd_system.policies.files import FrozenPolicy, PolicySpec, save_policy
-from kd_system.teachers.training import TeacherTrainConfig, register_cli, train_teacher
+from kd_system.teachers.cli import register_cli
+from kd_system.teachers.training import TeacherTrainConfig, train_teacher
 
 CARD_FIELDS = {"eval_return_mean", "eval_return_std", "eval_episodes", "random_return_mean", "random_return_std",
                "train_env_steps", "train_wall_s", "algorithm", "rllib_version", "hidden", "num_params", "command",

@@ -2,67 +2,41 @@
 teacher forward, pick actions. Ray- and Redis-free, so the collector and the benchmark's
 in-process ideal run exactly the same loop.
 
-For Atari the envs are split into two groups that alternate: while ALE's C++ threads emulate
-one group's frames (``send`` returns at once), this thread runs the teacher on the other group's
-states. On a 2-core machine emulation and inference then share the cores instead of taking
-turns. Cheap classic-control envs stay one synchronous group: there is nothing to overlap.
+The envs come in groups (envs.vector) that step in two halves, ``send`` then ``recv``; the loop
+labels the next group while the one it just sent is stepping. How many groups there are and
+whether a send returns at once (Atari's threaded emulator) or steps in place (classic control)
+is the envs' business.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from kd_system.actors.behaviour import ActingPolicy
-from kd_system.envs.atari import RAW_SCORE, is_atari_id, make_atari_vector_env
-from kd_system.envs.make import make_vector_env
 from kd_system.actors.lookahead import RolloutLabeller
+from kd_system.envs.vector import EnvGroup, actor_env_groups
 from kd_system.policies.files import FrozenPolicy
 
 
 @dataclass
 class _Group:
-    envs: object
+    envs: EnvGroup
     obs: np.ndarray
     returns: np.ndarray
     in_flight: bool = False
-    result: tuple | None = None  # a synchronous group's step result, held until "received"
-
-
-def atari_groups(num_envs: int) -> int:
-    return 2 if num_envs >= 2 else 1
-
-
-def _make_groups(env_id: str, num_envs: int, seed: int) -> list[_Group]:
-    if not is_atari_id(env_id):
-        envs = make_vector_env(env_id, num_envs, seed=seed)
-        obs, _ = envs.reset(seed=seed)
-        return [_Group(envs, obs, np.zeros(num_envs))]
-    count = atari_groups(num_envs)
-    sizes = [num_envs // count + (1 if g < num_envs % count else 0) for g in range(count)]
-    # While one group emulates, this thread runs the teacher on the other: leave the teacher a share
-    # of the cores instead of giving every group an emulator thread per core.
-    threads = max(1, len(os.sched_getaffinity(0)) // count)
-    groups, first_seed = [], seed
-    for size in sizes:
-        envs = make_atari_vector_env(env_id, size, first_seed, RAW_SCORE, num_threads=min(size, threads))
-        obs, _ = envs.reset(seed=first_seed)  # sub-env i of the whole vector gets seed + i, as unsplit
-        groups.append(_Group(envs, obs, np.zeros(size)))
-        first_seed += size
-    return groups
 
 
 class LabellingLoop:
     def __init__(self, env_id: str, num_envs: int, seed: int, teacher: FrozenPolicy, acting: ActingPolicy,
                  labeller: RolloutLabeller | None = None):
-        """``labeller``: label with the rollout-improved teacher instead (kd_system/lookahead.py; classic envs)."""
+        """``labeller``: label with the rollout-improved teacher instead (actors/lookahead.py; classic envs)."""
         self.teacher = teacher
         self.acting = acting
         self.labeller = labeller
-        self.atari = is_atari_id(env_id)
-        self.groups = _make_groups(env_id, num_envs, seed)
+        self.groups = [_Group(envs, envs.reset_obs, np.zeros(envs.num_envs))
+                       for envs in actor_env_groups(env_id, num_envs, seed)]
         self._next = 0
         self.env_steps = 0
         self.finished_returns: list[float] = []
@@ -82,14 +56,11 @@ class LabellingLoop:
         obs = group.obs
         teacher_out = self.teacher.outputs(obs)
         if self.labeller is not None:  # the sub-envs are at exactly these states until the step below
-            teacher_out = self.labeller.labels(group.envs.envs, teacher_out)
+            teacher_out = self.labeller.labels(group.envs.single_envs, teacher_out)
         actions = self.acting.select(obs, teacher_out).astype(np.int32)
         labelled = time.perf_counter()
         self.time_teacher_s += labelled - start
-        if self.atari:
-            group.envs.send(actions)
-        else:
-            group.result = group.envs.step(actions)
+        group.envs.send(actions)
         group.in_flight = True
         self._next = (index + 1) % len(self.groups)
         self._receive(self.groups[self._next])  # with one group: the one just sent
@@ -99,14 +70,9 @@ class LabellingLoop:
     def _receive(self, group: _Group) -> None:
         if not group.in_flight:
             return  # the first round: this group still holds its reset observations
-        if self.atari:
-            result = group.envs.recv()
-        else:
-            result, group.result = group.result, None
-        next_obs, rewards, terminated, truncated, _ = result
+        next_obs, rewards, terminated, truncated, _ = group.envs.recv()
         group.in_flight = False
-        # A copy we own: the stored chunk keeps these states after the group's next send.
-        group.obs = np.array(next_obs) if self.atari else next_obs
+        group.obs = next_obs  # ours to keep: the stored chunk holds these states past the group's next send
         self.env_steps += len(rewards)
         group.returns += rewards
         for env_index in np.flatnonzero(terminated | truncated):
@@ -119,6 +85,4 @@ class LabellingLoop:
 
     def close(self) -> None:
         for group in self.groups:
-            if group.in_flight and self.atari:
-                group.envs.recv()  # let the emulator threads finish before they are torn down
-            group.envs.close()
+            group.envs.close()  # waits for a step still in flight

@@ -19,6 +19,7 @@ where they tie, the teacher's own preference decides. pi_T is softmax(teacher / 
 learner's teacher temperature tau, so a Q-value teacher enters as its near-greedy policy.
 
 Rollouts are env steps: the actors count them (``rollout_steps``) beside the steps they act.
+Which envs can be copied, and so labelled this way, is checked before a run (envs/copying.py).
 """
 from __future__ import annotations
 
@@ -28,12 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kd_system.envs.atari import is_atari_id
-from kd_system.envs.make import make_env
-from kd_system.errors import ConfigError
 from kd_system.policies.files import FrozenPolicy
-
-PROBE_STEPS = 40  # steps taken before and after the copy when checking that an env copies exactly
 
 
 @dataclass(frozen=True)
@@ -52,49 +48,6 @@ def improved_logits(teacher_out: np.ndarray, rollout_returns: np.ndarray, eta: f
     returns = np.asarray(rollout_returns, dtype=np.float64)
     advantage = (returns - returns.max(axis=1, keepdims=True)) / eta
     return (teacher_log_probs.numpy() + advantage).astype(np.float32)
-
-
-def check_copyable(env_id: str, field_name: str) -> None:
-    """Refuse an env whose deep copy does not continue exactly like the original.
-
-    Rollouts from copies are only a measurement of the teacher's returns if a copy is the same
-    simulator state: pure-Python classic-control envs copy; LunarLander's Box2D world does not."""
-    how = "lookahead labels need an env whose state copy.deepcopy reproduces (CartPole, Acrobot, MountainCar, ...)"
-    if is_atari_id(env_id):
-        raise ConfigError(f"{field_name}: {env_id} runs in ale-py's C++ vector env, whose state the actors cannot "
-                          f"copy; {how}: set it to false")
-    env = make_env(env_id)
-    rng = np.random.default_rng(0)
-    try:
-        env.reset(seed=0)
-        for _ in range(PROBE_STEPS):
-            _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
-            if terminated or truncated:
-                env.reset(seed=1)
-        try:
-            twin = copy.deepcopy(env)
-            for action in rng.integers(env.action_space.n, size=PROBE_STEPS):
-                original, copied = env.step(int(action)), twin.step(int(action))
-                if not (np.array_equal(original[0], copied[0]) and original[1:4] == copied[1:4]):
-                    raise ConfigError(f"{field_name}: {env_id} does not copy exactly (a copy.deepcopy of it diverged "
-                                      f"from the original); {how}: set it to false")
-                if original[2] or original[3]:
-                    break
-        except ConfigError:
-            raise
-        except Exception as exc:  # whatever breaks in a copy, it cannot be rolled out
-            raise ConfigError(f"{field_name}: {env_id} does not copy exactly (a copy.deepcopy of it fails to step: "
-                              f"{type(exc).__name__}); {how}: set it to false") from None
-    finally:
-        env.close()
-
-
-def has_time_limit(env_id: str) -> bool:
-    env = make_env(env_id)
-    try:
-        return env.spec is not None and env.spec.max_episode_steps is not None
-    finally:
-        env.close()
 
 
 class RolloutLabeller:

@@ -1,6 +1,6 @@
 """Which compressor the store's chunks should use, decided by figures: bytes per state and
 encode/decode states/s for lz4 and zstd at levels 1 and 3 (the store's codec, see
-store/codec.py), on the same labelled chunks, plus what storing each frame once (instead of
+replay/codec.py), on the same labelled chunks, plus what storing each frame once (instead of
 four times per stack) would save.
 """
 from __future__ import annotations
@@ -9,6 +9,8 @@ import time
 
 import lz4.block
 import numpy as np
+
+from kd_system.types import LabelledChunk
 
 CODEC_WINDOW_S = 1.0
 
@@ -36,11 +38,11 @@ def _timed(fn, items: list) -> tuple[float, list]:
             return done / (time.perf_counter() - start), outputs
 
 
-def compare_codecs(chunks: list[tuple[dict, dict]]) -> dict:
+def compare_codecs(chunks: list[LabelledChunk]) -> dict:
     """Per codec: stored bytes per state and encode/decode states/s of the observation arrays
     (what dominates a chunk: teacher outputs and actions are a few dozen bytes a state)."""
-    frames = [np.ascontiguousarray(arrays["obs"]).reshape(-1).view(np.uint8) for arrays, _ in chunks]
-    states_per_chunk = len(chunks[0][0]["obs"])
+    frames = [np.ascontiguousarray(chunk.states.obs).reshape(-1).view(np.uint8) for chunk in chunks]
+    states_per_chunk = len(chunks[0])
     states = states_per_chunk * len(frames)
     result: dict[str, dict] = {}
     for name, (compress, decompress) in _compressors().items():
@@ -49,9 +51,9 @@ def compare_codecs(chunks: list[tuple[dict, dict]]) -> dict:
         result[name] = {"obs_bytes_per_state": sum(len(b) for b in blobs) / states,
                         "encode_states_per_s": encode_rate * states_per_chunk,
                         "decode_states_per_s": decode_rate * states_per_chunk}
-    obs = chunks[0][0]["obs"]
+    obs = chunks[0].states.obs
     if obs.ndim == 4 and obs.shape[1] > 1:  # frame stacks: the newest frame of each state, once
-        newest = [np.ascontiguousarray(arrays["obs"][:, -1]).reshape(-1).view(np.uint8) for arrays, _ in chunks]
+        newest = [np.ascontiguousarray(chunk.states.obs[:, -1]).reshape(-1).view(np.uint8) for chunk in chunks]
         packed = sum(len(lz4.block.compress(f, store_size=False)) for f in newest)
         result["lz4, newest frame only (estimate)"] = {"obs_bytes_per_state": packed / states}
     return result

@@ -47,7 +47,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
     import ray
     import torch
 
-    from kd_system.bench.ray_collectors import start_local_ray
+    from kd_system.launch.topology import connect_ray
     from kd_system.bench.report import check_targets, store_vs_learner
 
     load_start = os.getloadavg()[0]
@@ -67,7 +67,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
         for name in (n for n in RUN_ORDER if n in options.only):
             if name in RAY_SECTIONS and not ray.is_initialized():
                 log(f"bench: starting a local Ray with {ctx.cores} CPUs ...")
-                started_ray = start_local_ray(ctx.cores)
+                started_ray = connect_ray(None, num_cpus=ctx.cores, quiet=True)  # a run's Ray, with these cores
             results[name] = _section_runner(name)(ctx, log)
     finally:
         if started_ray:

@@ -3,7 +3,6 @@ student, the Redis server, a run config shaped like a real run's, and labelled c
 once up front for the store and learner sections."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import uuid
 from dataclasses import dataclass
@@ -11,23 +10,25 @@ from pathlib import Path
 
 import torch
 
-from kd_system.envs.atari import is_atari_id, student_network_for
 from kd_system.actors.collector import Collector
 from kd_system.config import PACKAGE_DIR, ActorConfig, EnvConfig, RunConfig, StoreConfig
 from kd_system.envs.make import EnvSpaces, check_env_id, env_spaces
 from kd_system.errors import CheckpointError, ConfigError, StoreError
 from kd_system.learner.loss_spec import student_output_kind
+from kd_system.policies.network_choice import network_for
 from kd_system.policies.networks import build_network, cnn_spec, count_parameters
 from kd_system.policies.files import PolicyBundle, PolicySpec, load_bundle
 from kd_system.launch.preparation import Prepared, PreparedTask
 from kd_system.replay.redis_server import LocalRedisServer
-from kd_system.replay.store import ReplayStore, StoreAddress
+from kd_system.replay.connection import StoreAddress, check_reachable
+from kd_system.replay.table import ReplayTable
 from kd_system.launch.topology import collector_settings
 from kd_system.bench.timing import torch_threads
+from kd_system.types import LabelledChunk
 
 SECTIONS = ("actor", "store", "learner", "scaling")
 DEFAULT_ENV = "ALE/Pong-v5"
-ATARI_NUM_ENVS = 16  # DESIGN.md section 2: ale-py's vector env is measured at 16 envs
+ATARI_NUM_ENVS = 16  # DESIGN.md section 2: ale-py's vector env (the pixel games') is measured at 16 envs
 MAX_WARMUP_S = 2.0
 RANDOM_TEACHER_SEED = 0
 # Chunks for the store and learner sections: the first few are dropped so Atari frames come from
@@ -104,7 +105,7 @@ def choose_teacher(env_id: str, path: str | None, spaces: EnvSpaces) -> TeacherC
                               f"actions but {env_id} has {spaces.obs_shape} and {spaces.num_actions}; "
                               f"pass a teacher trained on {env_id}")
         return TeacherChoice(bundle, f"{'shipped ' if shipped else ''}checkpoint {path}", count_parameters(bundle.module()))
-    if not is_atari_id(env_id):
+    if not spaces.pixels:  # a random network stands in for a CNN teacher only
         raise ConfigError(f"--teacher: no shipped teacher for {env_id} ({shipped_teacher_dir(env_id)} does not "
                           "exist); pass --teacher with a checkpoint directory")
     # Throughput does not depend on the weights, only on the network: a seeded random Nature CNN.
@@ -120,17 +121,18 @@ def choose_teacher(env_id: str, path: str | None, spaces: EnvSpaces) -> TeacherC
 
 def clear_namespace(address: StoreAddress) -> None:
     """Remove a measurement's keys (and only those) from Redis."""
-    with ReplayStore.from_address(address) as store:
-        store.clear()
+    with ReplayTable.from_address(address) as table:
+        table.clear()
 
 
 class _ChunkRecorder:
-    """Stands in for a collector's store: keeps the chunks it would have written."""
+    """Stands in for a collector's replay table: keeps the chunks it would have inserted."""
 
     def __init__(self) -> None:
-        self.chunks: list[tuple[dict, dict]] = []
+        self.chunks: list[LabelledChunk] = []
+        self.wait_insert_s = 0.0  # never held back: there is no rate limiter here
 
-    def write_chunks(self, chunks: list[tuple[dict, dict]]) -> list[int]:
+    def insert(self, chunks: list[LabelledChunk], timeout_s: float = 0.0) -> list[int]:
         start = len(self.chunks)
         self.chunks.extend(chunks)
         return list(range(start, len(self.chunks)))
@@ -149,12 +151,12 @@ class BenchContext:
         self.teacher = choose_teacher(self.env_id, options.teacher, self.spaces)
         self.cores = len(os.sched_getaffinity(0))
         self.threads = options.torch_threads or ActorConfig().torch_threads
-        self.num_envs = options.num_envs or (ATARI_NUM_ENVS if is_atari_id(self.env_id) else ActorConfig().envs_per_actor)
+        self.num_envs = options.num_envs or (ATARI_NUM_ENVS if self.spaces.pixels else ActorConfig().envs_per_actor)
         # A real run's settings; only the envs per actor and torch threads come from the options.
         defaults = RunConfig()
-        self.config = dataclasses.replace(
-            defaults, env=EnvConfig(self.env_id),
-            actors=dataclasses.replace(defaults.actors, envs_per_actor=self.num_envs, torch_threads=self.threads))
+        self.config = defaults.model_copy(update={
+            "env": EnvConfig(id=self.env_id),
+            "actors": defaults.actors.model_copy(update={"envs_per_actor": self.num_envs, "torch_threads": self.threads})})
         self.student_spec = self._student_spec()
         self.prepared = Prepared((PreparedTask(self.env_id.lower(), self.env_id, self.teacher.bundle, self.teacher.source,
                                                self.teacher.params, self.student_spec),),
@@ -162,12 +164,12 @@ class BenchContext:
         self.tag = uuid.uuid4().hex[:8]
         self.redis: LocalRedisServer | None = None
         self.url = options.redis_url
-        self._chunks: list[tuple[dict, dict]] | None = None
+        self._chunks: list[LabelledChunk] | None = None
 
     def _student_spec(self) -> PolicySpec:
         """The student a run would distil into (rusu-7 CNN for Atari, the default MLP otherwise)."""
         student = self.config.student
-        network = student_network_for(self.env_id, student.hidden, student.activation, student.preset)
+        network = network_for(self.spaces, student.hidden, student.activation, student.preset)
         params = count_parameters(build_network(network, self.spaces.obs_shape, self.spaces.num_actions))
         kind = student_output_kind(self.config.learner.loss, self.teacher.bundle.spec.output_kind)
         return PolicySpec("student", self.env_id, self.spaces.obs_shape, self.spaces.obs_dtype,
@@ -184,24 +186,24 @@ class BenchContext:
             self.url = self.redis.url
             return
         try:
-            ReplayStore(self.url, f"bench-{self.tag}", 1, 1).close()
+            check_reachable(self.url)
         except StoreError as exc:
             raise ConfigError(f"--redis-url: {exc}") from None
 
     def address(self, section: str, capacity_states: int = StoreConfig().capacity_states) -> StoreAddress:
-        """A namespace of its own per measurement; ReplayStore.clear() removes it afterwards."""
+        """A namespace of its own per measurement; ReplayTable.clear() removes it afterwards."""
         if self.url is None:
             raise RuntimeError("start_redis() first")
         return StoreAddress(self.url, f"bench-{self.tag}-{section}", capacity_states, self.chunk_states)
 
-    def labelled_chunks(self) -> list[tuple[dict, dict]]:
+    def labelled_chunks(self) -> list[LabelledChunk]:
         """KEEP_CHUNKS chunks exactly as a collector makes them (its own stepping, labelling and
-        chunking; only the store write is swapped for a recorder), collected once."""
+        chunking; only the table insert is swapped for a recorder), collected once."""
         if self._chunks is None:
             with torch_threads(self.threads):
                 collector = Collector(collector_settings(self.config, 0), self.address("chunks"), self.teacher.bundle)
-                collector.store.close()
-                recorder = collector.store = _ChunkRecorder()
+                collector.table.close()
+                recorder = collector.table = _ChunkRecorder()
                 try:
                     while len(recorder.chunks) < DISCARD_CHUNKS + KEEP_CHUNKS:
                         collector.collect(0.25)

@@ -11,9 +11,10 @@ import torch
 
 from kd_system.learner.learner import Learner, LearnerTask
 from kd_system.replay.rate_limit import SampleToInsertLimiter
-from kd_system.replay.store import ReplayStore
+from kd_system.replay.table import ReplayTable
 from kd_system.bench.context import BenchContext
 from kd_system.bench.timing import torch_threads
+from kd_system.types import TrainReport
 
 # The store is filled once up front, so the replay-ratio limiter must never hold the learner back.
 NEVER_WAIT = 1e12
@@ -32,18 +33,18 @@ class _InMemoryBatches:
         pass
 
 
-def _updates_per_s(learner: Learner, warmup_s: float, window_s: float) -> tuple[float, dict]:
+def _updates_per_s(learner: Learner, warmup_s: float, window_s: float) -> tuple[float, TrainReport]:
     learner.train(warmup_s)  # untimed: first updates, optimiser state, the prefetch queue filling up
     result = learner.train(window_s)
-    return result["updates_in_call"] / result["call_s"], result
+    return result.updates_in_call / result.call_s, result
 
 
 def run_learner(ctx: BenchContext, log: Callable[[str], None]) -> dict:
     config = ctx.config.learner
     chunks = ctx.labelled_chunks()
-    address = ctx.address("learner", capacity_states=sum(len(arrays["action"]) for arrays, _ in chunks))
-    store = ReplayStore.from_address(address)
-    store.write_chunks(chunks)
+    address = ctx.address("learner", capacity_states=sum(len(chunk) for chunk in chunks))
+    store = ReplayTable.from_address(address)
+    store.insert(chunks)
     task = LearnerTask(address, ctx.student_spec, ctx.teacher.bundle.spec.output_kind)
     limiter = SampleToInsertLimiter(min_size_to_sample=config.batch_size, samples_per_insert=NEVER_WAIT)
     warmup, window = ctx.options.warmup_s, ctx.options.seconds
@@ -54,7 +55,7 @@ def run_learner(ctx: BenchContext, log: Callable[[str], None]) -> dict:
             learner = Learner(config, [task], limiter)
             sample = store.sample(config.batch_size, np.random.default_rng(0), config.chunks_per_sample)
             learner.prefetchers = [_InMemoryBatches({name: torch.from_numpy(array).to(learner.device)
-                                                     for name, array in sample.items()})]
+                                                     for name, array in sample.arrays().items()})]
             try:
                 in_memory, _ = _updates_per_s(learner, warmup, window)
             finally:
@@ -70,9 +71,9 @@ def run_learner(ctx: BenchContext, log: Callable[[str], None]) -> dict:
         store.clear()
         store.close()
     return {"fed_updates_per_s": fed, "in_memory_updates_per_s": in_memory, "fed_vs_in_memory": fed / in_memory,
-            "fed_wait_input_frac": result["wait_input_frac"], "batch_size": config.batch_size,
-            "in_memory_states_per_s": in_memory * config.batch_size, "device": result["device"],
-            "precision": result.get("precision", "fp32"),
+            "fed_wait_input_frac": result.wait_input_frac, "batch_size": config.batch_size,
+            "in_memory_states_per_s": in_memory * config.batch_size, "device": result.device,
+            "precision": result.precision,
             "student_params": ctx.student_spec.num_params, "student_network": ctx.student_spec.network,
             "torch_threads": config.torch_threads, "prefetch_threads": config.prefetch_threads,
             "chunks_per_sample": config.chunks_per_sample}

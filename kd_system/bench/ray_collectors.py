@@ -3,7 +3,6 @@ their steady-state rate: counters are read after a warm-up call (which also wait
 start-up: imports, ROM loads, first forwards) and again at the end of the window."""
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -13,21 +12,11 @@ from kd_system.errors import KDError
 from kd_system.launch.head import ACTOR_CALL_S
 from kd_system.launch.preparation import Prepared
 from kd_system.config import RunConfig
-from kd_system.replay.store import StoreAddress
-from kd_system.launch.topology import WORKER_ENV, make_collector
+from kd_system.replay.connection import StoreAddress
+from kd_system.launch.topology import make_collector
 
 TIMED_PARTS = ("env", "teacher", "store")  # the collector's time_*_s counters
 SCALING_ACTORS = (1, 2, 4)
-
-
-def start_local_ray(cpus: int) -> bool:
-    """A local Ray with ``cpus`` CPU slots and a run's worker settings; True if this call started it."""
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": WORKER_ENV})
-    return True
 
 
 def actor_cpus() -> float:
@@ -79,8 +68,8 @@ def measure_collectors(collectors: list[Any], warmup_s: float, window_s: float) 
         if time.perf_counter() - start < window_s:
             pending[call(index)] = index
     elapsed = time.perf_counter() - start
-    states = sum(a["states_written"] - b["states_written"] for a, b in zip(after, before))
-    busy = {part: sum(a[f"time_{part}_s"] - b[f"time_{part}_s"] for a, b in zip(after, before))
+    states = sum(a.states_written - b.states_written for a, b in zip(after, before))
+    busy = {part: sum(getattr(a, f"time_{part}_s") - getattr(b, f"time_{part}_s") for a, b in zip(after, before))
             / (elapsed * len(collectors)) for part in TIMED_PARTS}
     return {"states_per_s": states / elapsed, "states": states, "window_s": elapsed,
             "time_fractions": {**busy, "other": max(0.0, 1.0 - sum(busy.values()))}}

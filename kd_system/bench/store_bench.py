@@ -1,4 +1,4 @@
-"""Store: ReplayStore write and sample states/s and stored bytes per state, on chunks exactly as
+"""Store: ReplayTable insert and sample states/s and stored bytes per state, on chunks exactly as
 collectors make them, against raw Redis SET/GET of each state's uncompressed bytes. Raw is timed
 both one command per state and pipelined (one round trip per chunk written or batch read); the
 ratios compare with the pipelined figures, the fair ones."""
@@ -9,18 +9,19 @@ from typing import Callable
 import numpy as np
 import redis
 
-from kd_system.replay.store import ReplayStore
 from kd_system.replay.codec import encode_chunk
+from kd_system.replay.table import ReplayTable
 from kd_system.bench.codecs import compare_codecs
 from kd_system.bench.context import BenchContext, clear_namespace
 from kd_system.bench.timing import steady_rate
+from kd_system.types import LabelledChunk
 
 ARRAYS = ("obs", "teacher_out", "action")  # what a collector's chunk holds per state
 
 
-def _raw_states(chunks: list[tuple[dict, dict]]) -> list[bytes]:
-    return [b"".join(arrays[name][i].tobytes() for name in ARRAYS)
-            for arrays, _ in chunks for i in range(len(arrays["action"]))]
+def _raw_states(chunks: list[LabelledChunk]) -> list[bytes]:
+    return [b"".join(getattr(chunk.states, name)[i].tobytes() for name in ARRAYS)
+            for chunk in chunks for i in range(len(chunk))]
 
 
 def _raw_batch(blobs: list[bytes], layout: list[tuple[str, np.dtype, tuple[int, ...]]]) -> dict[str, np.ndarray]:
@@ -34,13 +35,13 @@ def _raw_batch(blobs: list[bytes], layout: list[tuple[str, np.dtype, tuple[int, 
     return batch
 
 
-def _raw_rates(ctx: BenchContext, chunks: list[tuple[dict, dict]], batch_size: int) -> dict:
+def _raw_rates(ctx: BenchContext, chunks: list[LabelledChunk], batch_size: int) -> dict:
     address = ctx.address("raw")
     client = redis.Redis.from_url(address.url)
     states = _raw_states(chunks)
     keys = [f"kd:{address.run_id}:state:{i}" for i in range(len(states))]  # clear() removes them
-    first = chunks[0][0]
-    layout = [(name, first[name].dtype, first[name].shape[1:]) for name in ARRAYS]
+    first = chunks[0].states
+    layout = [(name, getattr(first, name).dtype, getattr(first, name).shape[1:]) for name in ARRAYS]
     rng = np.random.default_rng(0)
     warmup, window = ctx.options.warmup_s, ctx.options.seconds
     position = 0
@@ -79,8 +80,8 @@ def _raw_rates(ctx: BenchContext, chunks: list[tuple[dict, dict]], batch_size: i
         clear_namespace(address)
 
 
-def _store_rates(ctx: BenchContext, chunks: list[tuple[dict, dict]], batch_size: int, chunks_per_sample: int) -> dict:
-    store = ReplayStore.from_address(ctx.address("store"))
+def _store_rates(ctx: BenchContext, chunks: list[LabelledChunk], batch_size: int, chunks_per_sample: int) -> dict:
+    store = ReplayTable.from_address(ctx.address("store"))  # no limiter: neither verb waits
     per_write = ctx.config.actors.chunks_per_write
     position = 0
 
@@ -88,8 +89,8 @@ def _store_rates(ctx: BenchContext, chunks: list[tuple[dict, dict]], batch_size:
         nonlocal position
         batch = [chunks[(position + i) % len(chunks)] for i in range(per_write)]
         position += per_write
-        store.write_chunks(batch)
-        return sum(len(arrays["action"]) for arrays, _ in batch)
+        store.insert(batch)
+        return sum(len(chunk) for chunk in batch)
 
     rng = np.random.default_rng(0)
 
@@ -108,10 +109,10 @@ def _store_rates(ctx: BenchContext, chunks: list[tuple[dict, dict]], batch_size:
 def run_store(ctx: BenchContext, log: Callable[[str], None]) -> dict:
     learner = ctx.config.learner
     chunks = ctx.labelled_chunks()
-    states = sum(len(arrays["action"]) for arrays, _ in chunks)
-    stored_bytes = sum(len(encode_chunk(arrays, meta)) for arrays, meta in chunks) / states
-    raw_bytes = sum(chunks[0][0][name][0].nbytes for name in ARRAYS)
-    log(f"store: ReplayStore write and sample ({len(chunks)} chunks of {ctx.chunk_states} states, "
+    states = sum(len(chunk) for chunk in chunks)
+    stored_bytes = sum(len(encode_chunk(c.states.arrays(), c.meta.to_json())) for c in chunks) / states
+    raw_bytes = sum(getattr(chunks[0].states, name)[0].nbytes for name in ARRAYS)
+    log(f"store: ReplayTable insert and sample ({len(chunks)} chunks of {ctx.chunk_states} states, "
         f"batch {learner.batch_size} from {learner.chunks_per_sample} chunks) ...")
     result = _store_rates(ctx, chunks, learner.batch_size, learner.chunks_per_sample)
     log(f"store: write {result['write_states_per_s']:,.0f} states/s, sample {result['sample_states_per_s']:,.0f} "

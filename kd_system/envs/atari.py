@@ -186,13 +186,3 @@ class SingleAtariEnv(gym.Env):
 
     def close(self):
         self._vector = None  # frees the emulator and its thread now, not at garbage collection
-
-
-def student_network_for(env_id: str, hidden: tuple[int, ...] | list[int], activation: str = "relu",
-                        preset: str = "rusu-7") -> dict[str, Any]:
-    """The student's network spec for a task: a CNN preset for Atari frame stacks (``hidden`` is
-    unused there), else an MLP of ``hidden`` layers. rusu-7 is Rusu et al.'s ~7% student."""
-    if is_atari_id(env_id):
-        from kd_system.policies.networks import cnn_spec
-        return cnn_spec(preset, activation)
-    return {"kind": "mlp", "hidden": list(hidden), "activation": activation}

@@ -1,5 +1,7 @@
 """Environment construction. Every env the system touches is made here, so Atari slots in
-as one more branch of ``make_env`` with its preprocessing."""
+as one more branch of ``make_env`` with its preprocessing. Callers outside ``envs/`` never ask
+"is this Atari?": they read the facts they need from :class:`EnvSpaces` (``pixels`` picks a CNN)
+or get the env-specific behaviour from ``envs`` (``vector``, ``copying``, ``protocol``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,6 +18,10 @@ class EnvSpaces:
     obs_shape: tuple[int, ...]
     obs_dtype: str
     num_actions: int
+    # Observations are uint8 frame stacks, channels first (atari.OBS_SHAPE): networks.ConvNet's
+    # input. Set by env_spaces from what the env is, not guessed from the shape: a channels-last
+    # image would have the same rank and dtype but is no input for the CNN.
+    pixels: bool = False
 
 
 def check_env_id(env_id: str, field_name: str = "env.id") -> None:
@@ -59,9 +65,19 @@ def env_spaces(env_id: str) -> EnvSpaces:
     env = make_env(env_id)
     try:
         space = env.observation_space
-        return EnvSpaces(tuple(int(d) for d in space.shape), str(np.dtype(space.dtype)), int(env.action_space.n))
+        return EnvSpaces(tuple(int(d) for d in space.shape), str(np.dtype(space.dtype)), int(env.action_space.n),
+                         pixels=atari.is_atari_id(env_id))
     finally:
         env.close()
+
+
+def make_training_env(env_id: str) -> gym.Env:
+    """The env a teacher learns on. Atari: life loss ends the episode and rewards are clipped to
+    their sign (atari.TEACHER_TRAINING; shorter credit assignment, one reward scale across games),
+    with the frames exactly as the actors see them. Other envs are the evaluation env itself."""
+    if atari.is_atari_id(env_id):
+        return atari.SingleAtariEnv(env_id, atari.TEACHER_TRAINING)
+    return make_env(env_id)
 
 
 def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorEnv:

@@ -3,10 +3,8 @@
 Seeds are fixed per episode index, so a teacher, a student and the random policy evaluated with
 the same ``seed`` face the same initial states (paired comparison).
 
-Atari games are played epsilon-greedy with epsilon 0.05, the evaluation protocol of Mnih et al.
-(2015) that Rusu et al. (2015) also scored students with. A purely greedy policy can stall
-forever where the game needs FIRE to serve (Breakout after each lost life), and the score would
-then say nothing about how it plays. Classic-control envs are played greedily.
+Some envs are played epsilon-greedy (Atari, at 0.05: envs/protocol.py says which and why); the
+others greedily.
 """
 from __future__ import annotations
 
@@ -15,10 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from kd_system.envs.atari import is_atari_id
 from kd_system.envs.make import make_env
-
-ATARI_EVAL_EPSILON = 0.05
+from kd_system.envs.protocol import eval_epsilon
 
 ActFn = Callable[[np.ndarray], np.ndarray]
 
@@ -45,11 +41,6 @@ class EpisodeStats:
 def random_act_fn(num_actions: int, seed: int) -> ActFn:
     rng = np.random.default_rng(seed)
     return lambda obs: rng.integers(0, num_actions, size=len(obs))
-
-
-def eval_epsilon(env_id: str) -> float:
-    """The share of evaluation steps that take a uniformly random action instead of ``act_fn``'s."""
-    return ATARI_EVAL_EPSILON if is_atari_id(env_id) else 0.0
 
 
 def run_episodes(env_id: str, act_fn: ActFn, episodes: int, seed: int, max_parallel: int = 32,

@@ -84,20 +84,19 @@ def plot_steps_bars(rows: list[dict], report_dir: Path, threshold: float) -> lis
     return [path]
 
 
-def plot_seed_curves(out_dir: Path, seeds: list[int], report_dir: Path) -> list[Path]:
+def plot_seed_curves(run_dirs: dict[int, Path], report_dir: Path) -> list[Path]:
     """Per task: normalized score (top) and greedy agreement on held-out teacher states (bottom) vs
-    learner updates, one line per seed. The axes are zoomed near the teacher (the interesting
+    learner updates, one line per seed (``run_dirs``: seed -> its run directory; where a repeat puts
+    them is repeats.py's business). The axes are zoomed near the teacher (the interesting
     differences between seeds are in the third decimal), widened to show students above it."""
-    from kd_system.experiments.repeats import seed_run_name
-
-    runs = {seed: out_dir / "runs" / seed_run_name(seed) / "metrics.jsonl" for seed in seeds}
+    runs = {seed: run_dir / "metrics.jsonl" for seed, run_dir in run_dirs.items()}
     runs = {seed: [r for r in read_records(path) if r.get("kind") == "eval"] for seed, path in runs.items() if path.is_file()}
     runs = {seed: evals for seed, evals in runs.items() if evals}
     if not runs:
         return []
     first = next(iter(runs.values()))[0]
     tasks = sorted({key.split(".")[0] for key in first if key.endswith(".normalized_score")}) or [""]
-    summaries = [out_dir / "runs" / seed_run_name(seed) / "summary.json" for seed in runs]
+    summaries = [run_dirs[seed] / "summary.json" for seed in runs]
     single_title = next((json.loads(p.read_text())["env_id"] for p in summaries if p.is_file()), "score")
     fig, axes = plt.subplots(2, len(tasks), figsize=(3.6 * len(tasks), 5.2), dpi=80, squeeze=False)
     for column, task in enumerate(tasks):

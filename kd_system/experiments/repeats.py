@@ -23,6 +23,11 @@ def seed_run_name(seed: int) -> str:
     return f"seed-{seed}"
 
 
+def seed_run_dir(out_dir: Path, seed: int) -> Path:
+    """Where seed ``seed``'s run of a repeat writes its snapshots, metrics and summary."""
+    return out_dir / "runs" / seed_run_name(seed)
+
+
 def seed_command(config: str, seed: int, runs_dir: Path, overrides: list[str]) -> list[str]:
     sets = [f"head.runs_dir={runs_dir}", f"head.run_name={seed_run_name(seed)}", f"head.seed={seed}",
             f"learner.seed={seed}", *overrides]
@@ -45,7 +50,7 @@ def run_seeds(config: str, seeds: list[int], out_dir: Path, overrides: list[str]
 def seed_rows(out_dir: Path, seeds: list[int]) -> list[dict]:
     rows = []
     for seed in seeds:
-        path = out_dir / "runs" / seed_run_name(seed) / "summary.json"
+        path = seed_run_dir(out_dir, seed) / "summary.json"
         if path.is_file():
             rows.append({"seed": seed, **json.loads(path.read_text())})
     return rows
@@ -127,7 +132,7 @@ def _repeat(args: argparse.Namespace) -> int:
         report_dir.mkdir(parents=True, exist_ok=True)
         rows = seed_rows(out_dir, args.seeds)
         write_seed_table(rows, report_dir / "results.md", report_dir / "results.csv")
-        plots = plot_seed_curves(out_dir, args.seeds, report_dir)
+        plots = plot_seed_curves({seed: seed_run_dir(out_dir, seed) for seed in args.seeds}, report_dir)
         print(f"repeat: {len(rows)} seeds in {report_dir / 'results.md'} and results.csv; "
               f"plots: {', '.join(p.name for p in plots) or 'none'}", flush=True)
     return 0

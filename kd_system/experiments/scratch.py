@@ -17,7 +17,6 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from kd_system.envs.atari import is_atari_id
 from kd_system.envs.make import env_spaces
 from kd_system.evaluation.episodes import run_episodes
 from kd_system.policies.files import FrozenPolicy, PolicySpec
@@ -54,7 +53,7 @@ def _dqn_setup(env_id: str, network: dict[str, Any], budget: ScratchBudget, seed
     """(algo, its hyper-parameters, export) for RLlib DQN on ``network``; ``export()`` gives our
     network with the algo's current weights."""
     spaces = env_spaces(env_id)
-    if is_atari_id(env_id):  # trains with the teacher-training settings, like an Atari teacher
+    if network["kind"] == "cnn":  # trains on the teacher-training env, like a CNN (Atari) teacher
         hparams = {**ATARI_DEFAULTS["dqn"], **({"lr": budget.lr} if budget.lr else {}),
                    "steps_per_iter": budget.eval_every_steps}
         algo = build_algo(register_training_env(), {"env_id": env_id}, "dqn", cnn_model_config(network), hparams, seed, 0)
@@ -75,7 +74,7 @@ def train_from_scratch(env_id: str, network: dict[str, Any], teacher_dir: Path, 
     import ray
     from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-    torch.set_num_threads(2 if is_atari_id(env_id) else 1)  # a CNN's backward wants both cores here
+    torch.set_num_threads(2 if network["kind"] == "cnn" else 1)  # a CNN's backward wants both cores here
     card = teacher_card(teacher_dir)
     spaces = env_spaces(env_id)
     spec = PolicySpec("student", env_id, spaces.obs_shape, spaces.obs_dtype, spaces.num_actions, "q", network)

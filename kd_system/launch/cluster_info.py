@@ -8,6 +8,10 @@ held back for each of them that *could* land on an actor node; otherwise an acto
 pending for the whole run. Workers that are still joining are waited for until the set of actor
 nodes has been steady for a few seconds. The count is a pure function of Ray's node list, so it is
 tested without a cluster. It assumes the cluster runs this one distillation.
+
+The learner's GPU request is decided here too (``learner_gpus_for``), once for both readers: the
+topology asks Ray for it, and the count above must hold room for the learner only where that
+request lets it land.
 """
 from __future__ import annotations
 
@@ -36,6 +40,25 @@ class Demand:
         if self.resource is not None and node_resources.get(self.resource, 0) <= 0:
             return False
         return node_resources.get("GPU", 0) >= self.gpus
+
+
+def learner_gpus_for(config: RunConfig, cluster_gpus: float) -> float:
+    """The GPUs the learner asks Ray for, given the GPUs the cluster offers now. The one decision:
+    topology places the learner with it, and ``actors_per_task`` leaves room for the learner where
+    that request lets it land (a learner asking for a GPU only lands on a GPU node)."""
+    if config.learner.device == "cpu":
+        return 0.0
+    if cluster_gpus >= 1:
+        return 1.0
+    # Pinned to GPU nodes that are not up yet: asking for the GPU makes an autoscaler start one.
+    if config.learner.device == "cuda" and config.learner.ray_resource:
+        return 1.0
+    return 0.0
+
+
+def learner_demand(config: RunConfig, cluster_gpus: float) -> Demand:
+    """What the learner asks Ray for, as ``actor_slots`` weighs it."""
+    return Demand(config.learner.num_cpus, learner_gpus_for(config, cluster_gpus), config.learner.ray_resource)
 
 
 def actor_nodes(nodes: Iterable[dict[str, Any]], actor_resource: str | None) -> list[dict[str, float]]:
@@ -89,10 +112,7 @@ def actors_per_task(config: RunConfig, num_tasks: int = 1) -> int:
 
     from kd_system.metrics import say
 
-    # The learner asks for a GPU when the cluster has one (topology.learner_gpus), and then can
-    # only land on a GPU node.
-    gpus = 0.0 if config.learner.device == "cpu" else float(ray.cluster_resources().get("GPU", 0) >= 1)
-    others = [Demand(config.learner.num_cpus, gpus, config.learner.ray_resource)]
+    others = [learner_demand(config, float(ray.cluster_resources().get("GPU", 0)))]
     others += [Demand(config.head.evaluator_num_cpus)] * num_tasks
     nodes = _settled_nodes(a.ray_resource, AUTO_SETTLE_S, AUTO_MAX_WAIT_S)
     slots = actor_slots(nodes, a.num_cpus, a.ray_resource, others)

@@ -4,14 +4,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kd_system.envs.atari import is_atari_id, student_network_for
 from kd_system.config import RunConfig, TaskConfig, resolve_teacher_path
-from kd_system.envs.make import env_spaces, check_env_id
+from kd_system.envs.copying import check_copyable, has_time_limit
+from kd_system.envs.make import EnvSpaces, env_spaces, check_env_id
 from kd_system.errors import CheckpointError, ConfigError
-from kd_system.actors.lookahead import LookaheadSettings, check_copyable, has_time_limit
+from kd_system.actors.lookahead import LookaheadSettings
 from kd_system.learner.loss_spec import student_output_kind
 from kd_system.learner.losses import resolve_temperature
 from kd_system.metrics import say
+from kd_system.policies.network_choice import network_for
 from kd_system.policies.networks import SharedTrunkMLPs, build_network, count_parameters
 from kd_system.policies.files import PolicyBundle, PolicySpec, load_bundle
 
@@ -74,10 +75,8 @@ def _load_teacher(config: RunConfig, index: int, task: TaskConfig) -> tuple[Poli
         raise type(exc)(f"{where}: {message}") from None
 
 
-def _prepare_task(config: RunConfig, index: int, task: TaskConfig, network: dict) -> PreparedTask:
-    check_env_id(task.env, _field(config, index, "env"))
+def _prepare_task(config: RunConfig, index: int, task: TaskConfig, spaces: EnvSpaces, network: dict) -> PreparedTask:
     teacher, teacher_path = _load_teacher(config, index, task)
-    spaces = env_spaces(task.env)
     t = teacher.spec
     if tuple(t.obs_shape) != spaces.obs_shape or t.num_actions != spaces.num_actions:
         raise ConfigError(
@@ -113,12 +112,22 @@ def _lookahead_settings(config: RunConfig, index: int, task: TaskConfig, teacher
     return LookaheadSettings(config.lookahead.eta, resolve_temperature(config.learner.temperature, teacher_kind), horizon)
 
 
+def _task_spaces(config: RunConfig) -> list[EnvSpaces]:
+    spaces = []
+    for index, task in enumerate(config.task_list()):
+        check_env_id(task.env, _field(config, index, "env"))
+        spaces.append(env_spaces(task.env))
+    return spaces
+
+
 def prepare(config: RunConfig) -> Prepared:
-    first_env = config.task_list()[0].env
-    network = student_network_for(first_env, config.student.hidden, config.student.activation, config.student.preset)
-    if len(config.task_list()) > 1 and any(is_atari_id(task.env) for task in config.task_list()):
+    spaces = _task_spaces(config)  # every env is checked before any teacher is loaded
+    s = config.student
+    networks = [network_for(task_spaces, s.hidden, s.activation, s.preset) for task_spaces in spaces]
+    if len(networks) > 1 and any(network["kind"] != "mlp" for network in networks):
         raise ConfigError("tasks: multi-task students are MLP-only so far; give one Atari task per run")
-    tasks = tuple(_prepare_task(config, i, task, network) for i, task in enumerate(config.task_list()))
+    network = networks[0]  # one student: a multi-task one is one MLP trunk with a head per task
+    tasks = tuple(_prepare_task(config, i, task, spaces[i], network) for i, task in enumerate(config.task_list()))
     teacher_params = sum(task.teacher_params for task in tasks)
     if len(tasks) == 1:
         student_params = tasks[0].student_spec.num_params

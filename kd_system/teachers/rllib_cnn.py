@@ -1,5 +1,6 @@
-"""RLlib glue for Atari teachers: the training env, the CNN model config, and the export of
-RLlib's CNN module onto our ``ConvNet`` (``networks.cnn_spec``).
+"""RLlib glue for CNN teachers (pixel frame stacks, i.e. Atari): the training env in RLlib's image
+layout, the CNN model config, and the export of RLlib's CNN module onto our ``ConvNet``
+(``networks.cnn_spec``).
 
 RLlib's CNN encoder takes channels-last float images and flattens its last conv output in
 (height, width, channels) order; our ``ConvNet`` takes channels-first pixel stacks (0..255) and
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kd_system.envs.atari import TEACHER_TRAINING, SingleAtariEnv
+from kd_system.envs.make import make_training_env
 from kd_system.errors import CheckpointError
 from kd_system.policies.networks import ConvNet, build_network
 
@@ -41,14 +42,14 @@ def to_rllib_obs(stacks: np.ndarray) -> np.ndarray:
 
 
 class RllibAtariEnv(gym.Env):
-    """One Atari game with the teacher-training settings (life loss ends the episode, clipped
-    rewards) and the same frame preprocessing as the actors, in RLlib's image layout."""
+    """The env's teacher-training version (envs.make_training_env: for Atari, life loss ends the
+    episode and rewards are clipped; frames as the actors see them), in RLlib's image layout."""
 
     metadata: dict[str, Any] = {"render_modes": []}
 
     def __init__(self, env_config: dict | None = None):
         env_id = str((env_config or {})["env_id"])
-        self._env = SingleAtariEnv(env_id, TEACHER_TRAINING)
+        self._env = make_training_env(env_id)
         stack = self._env.observation_space.shape
         self.observation_space = gym.spaces.Box(0.0, 1.0, (stack[1], stack[2], stack[0]), np.float32)
         self.action_space = self._env.action_space

@@ -1,0 +1,100 @@
+"""An actor's envs as groups that step in two halves: ``send(actions)`` starts a step, ``recv()``
+returns its result. The labelling loop labels one group while another is in flight, and needs
+to know nothing about the kind of env behind it.
+
+Atari: the envs are split into two groups of ale-py's threaded vector env. While ALE's C++
+threads emulate one group's frames (``send`` returns at once), the actor's thread runs the
+teacher on the other group's states, so on a 2-core machine emulation and inference share the
+cores instead of taking turns. Classic-control envs are one synchronous Gymnasium vector whose
+``send`` steps at once: they are too cheap for an overlap to gain anything.
+
+Seeding is that of one unsplit vector: sub-env i of the whole actor gets ``seed + i``.
+"""
+from __future__ import annotations
+
+import os
+
+import gymnasium as gym
+import numpy as np
+
+from kd_system.envs import atari
+from kd_system.envs.make import make_vector_env
+
+StepResult = tuple  # (obs, rewards, terminated, truncated, info), as a Gymnasium vector step returns
+
+
+class SyncGroup:
+    """Gymnasium's synchronous vector env: ``send`` steps it, ``recv`` hands over that step's result."""
+
+    def __init__(self, env_id: str, num_envs: int, seed: int):
+        self.vector = make_vector_env(env_id, num_envs, seed=seed)
+        self.num_envs = num_envs
+        self.reset_obs = self.vector.reset(seed=seed)[0]
+        self._result: StepResult | None = None
+
+    @property
+    def single_envs(self) -> list[gym.Env]:
+        """The sub-envs themselves, which lookahead rollouts copy (envs.copying checks they can be)."""
+        return self.vector.envs
+
+    def send(self, actions: np.ndarray) -> None:
+        self._result = self.vector.step(actions)
+
+    def recv(self) -> StepResult:
+        result, self._result = self._result, None
+        return result
+
+    def close(self) -> None:
+        self.vector.close()
+
+
+class AleGroup:
+    """Part of an actor's Atari envs in one ale-py vector: ``send`` returns while ALE's threads emulate."""
+
+    def __init__(self, env_id: str, num_envs: int, seed: int, num_threads: int):
+        self.vector = atari.make_atari_vector_env(env_id, num_envs, seed, atari.RAW_SCORE, num_threads=num_threads)
+        self.num_envs = num_envs
+        self.reset_obs = self.vector.reset(seed=seed)[0]
+        self._in_flight = False
+
+    @property
+    def single_envs(self) -> list[gym.Env]:
+        raise TypeError("ale-py's vector env keeps its games in C++: there are no sub-env objects to copy")
+
+    def send(self, actions: np.ndarray) -> None:
+        self.vector.send(actions)
+        self._in_flight = True
+
+    def recv(self) -> StepResult:
+        obs, rewards, terminated, truncated, info = self.vector.recv()
+        self._in_flight = False
+        # A copy the caller owns: a stored chunk keeps these states after this group's next send.
+        return np.array(obs), rewards, terminated, truncated, info
+
+    def close(self) -> None:
+        if self._in_flight:
+            self.vector.recv()  # let the emulator threads finish before they are torn down
+        self.vector.close()
+
+
+EnvGroup = SyncGroup | AleGroup
+
+
+def atari_groups(num_envs: int) -> int:
+    return 2 if num_envs >= 2 else 1
+
+
+def actor_env_groups(env_id: str, num_envs: int, seed: int) -> list[EnvGroup]:
+    """``num_envs`` envs for one actor, reset with ``seed`` and split into the groups it alternates."""
+    if not atari.is_atari_id(env_id):
+        return [SyncGroup(env_id, num_envs, seed)]
+    count = atari_groups(num_envs)
+    sizes = [num_envs // count + (1 if g < num_envs % count else 0) for g in range(count)]
+    # While one group emulates, the actor's thread runs the teacher on the other: leave the teacher
+    # a share of the cores instead of giving every group an emulator thread per core.
+    threads = max(1, len(os.sched_getaffinity(0)) // count)
+    groups, first_seed = [], seed
+    for size in sizes:
+        groups.append(AleGroup(env_id, size, first_seed, num_threads=min(size, threads)))
+        first_seed += size  # sub-env i of the whole vector gets seed + i, as unsplit
+    return groups
