@@ -8,7 +8,9 @@ from kd_system.actors.behaviour import TeacherShareSchedule
 from kd_system.actors.collector import Collector, CollectorSettings
 from kd_system.policies.networks import build_network, count_parameters
 from kd_system.policies.files import PolicyBundle, PolicySpec, module_to_bytes
-from kd_system.replay.store import ReplayStore, StoreAddress
+from kd_system.replay.channels import WeightsChannel
+from kd_system.replay.connection import StoreAddress
+from kd_system.replay.table import ReplayTable
 from kd_system.replay.codec import decode_chunk
 
 NET = {"kind": "mlp", "hidden": [8], "activation": "relu"}
@@ -29,7 +31,7 @@ def always(action: int) -> torch.nn.Module:
 def address(redis_url, run_id):
     address = StoreAddress(url=redis_url, run_id=run_id, capacity_states=8192, chunk_states=128)
     yield address
-    ReplayStore.from_address(address).clear()
+    ReplayTable(address).clear()
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def collect(address, teacher, acting: str, **settings) -> np.ndarray:
     collector = Collector(CollectorSettings(**(values | settings)), address, teacher, STUDENT)
     collector.collect(0.5)
     collector.close()
-    return ReplayStore.from_address(address).sample(2048, np.random.default_rng(0))["action"]
+    return ReplayTable(address).sample(2048, np.random.default_rng(0)).action
 
 
 def test_teacher_driven_chunks_say_so(address, teacher):
@@ -63,29 +65,29 @@ def test_teacher_driven_chunks_say_so(address, teacher):
 
 
 def test_student_driven_acts_with_the_newest_published_weights(address, teacher):
-    ReplayStore.from_address(address).publish_weights(7, module_to_bytes(always(0)))
+    WeightsChannel(address).publish(7, module_to_bytes(always(0)))
     actions = collect(address, teacher, "student")
     assert (actions == 0).all()  # the student acted; every state is still teacher-labelled
     assert all(m["behaviour"] == "student" and m["policy_version"] == 7 for m in chunk_metas(address))
 
 
 def test_student_picks_up_weights_published_mid_run(address, teacher):
-    store = ReplayStore.from_address(address)
-    store.publish_weights(7, module_to_bytes(always(0)))
+    weights = WeightsChannel(address)
+    weights.publish(7, module_to_bytes(always(0)))
     settings = CollectorSettings(actor_id=0, env_id="CartPole-v1", num_envs=4, epsilon=0.0, chunk_states=128,
                                  chunks_per_write=1, torch_threads=1, seed=1, acting="student", weights_refresh_steps=1)
     collector = Collector(settings, address, teacher, STUDENT)
     collector.collect(0.2)
-    store.publish_weights(9, module_to_bytes(always(1)))
+    weights.publish(9, module_to_bytes(always(1)))
     report = collector.collect(0.3)
     collector.close()
-    assert report["policy_version"] == 9
+    assert report.policy_version == 9
     versions = [m["policy_version"] for m in chunk_metas(address)]
     assert set(versions) <= {7, 9} and 9 in versions
 
 
 def test_mixed_collection_follows_the_teacher_share(address, teacher):
-    ReplayStore.from_address(address).publish_weights(500, module_to_bytes(always(0)))
+    WeightsChannel(address).publish(500, module_to_bytes(always(0)))
     schedule = TeacherShareSchedule(start=1.0, end=0.0, decay_updates=1000)  # beta = 0.5 at version 500
     actions = collect(address, teacher, "mixed", teacher_share=schedule)
     assert 0.4 < np.mean(actions == 1) < 0.6

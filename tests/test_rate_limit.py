@@ -11,7 +11,9 @@ from kd_system.learner.learner import Learner, LearnerTask
 from kd_system.policies.networks import build_network, count_parameters
 from kd_system.policies.files import PolicyBundle, PolicySpec
 from kd_system.replay.rate_limit import SampleToInsertLimiter, check_deadlock_free
-from kd_system.replay.store import ReplayStore, StoreAddress
+from kd_system.replay.connection import StoreAddress
+from kd_system.replay.table import ReplayTable
+from kd_system.types import ChunkMeta, LabelledChunk, LabelledStates
 
 NET = {"kind": "mlp", "hidden": [8], "activation": "relu"}
 
@@ -61,7 +63,7 @@ def test_config_refuses_a_deadlocking_limiter():
 def address(redis_url, run_id):
     address = StoreAddress(url=redis_url, run_id=run_id, capacity_states=4096, chunk_states=128)
     yield address
-    ReplayStore.from_address(address).clear()
+    ReplayTable(address).clear()
 
 
 @pytest.fixture
@@ -77,28 +79,53 @@ def test_actors_hold_back_until_the_learner_samples(address, teacher):
     settings = CollectorSettings(actor_id=0, env_id="CartPole-v1", num_envs=4, epsilon=0.0, chunk_states=128,
                                  chunks_per_write=1, torch_threads=1, seed=0, limiter=limiter)
     collector = Collector(settings, address, teacher)
-    store = ReplayStore.from_address(address)
+    store = ReplayTable(address)
     # below 256 writes always go in; then while (inserted - 256) - sampled + 128 <= 200:
     # at 256 -> 128 (write), at 384 -> 256 (wait)
     first = collector.collect(0.5)
-    assert first["states_written"] == 384 and first["time_wait_limiter_s"] > 0
-    assert collector.collect(0.3)["states_written"] == 384
-    store.sync_sampled(256)  # the learner consumed 256 samples: at 384 -> 0, at 512 -> 128, at 640 -> 256
-    assert collector.collect(0.5)["states_written"] == 640
+    assert first.states_written == 384 and first.time_wait_limiter_s > 0
+    assert collector.collect(0.3).states_written == 384
+    learner_side = ReplayTable(address, limiter)
+    for _ in range(4):  # the learner consumed 256 samples: at 384 -> 0, at 512 -> 128, at 640 -> 256
+        assert learner_side.sample(64, np.random.default_rng(0)) is not None
+    assert collector.collect(0.5).states_written == 640
     collector.close()
 
 
 def test_learner_stops_at_the_replay_ratio(address, teacher):
-    store = ReplayStore.from_address(address)
+    store = ReplayTable(address)
     rng = np.random.default_rng(0)
     for _ in range(4):
-        store.write_chunk({"obs": rng.normal(size=(128, 4)).astype(np.float32),
-                           "teacher_out": rng.normal(size=(128, 2)).astype(np.float32),
-                           "action": np.zeros(128, np.int32)}, {})
+        store.insert([LabelledChunk(LabelledStates(rng.normal(size=(128, 4)).astype(np.float32),
+                                                   rng.normal(size=(128, 2)).astype(np.float32),
+                                                   np.zeros(128, np.int32)), ChunkMeta(actor_id=0))])
     student = PolicySpec("student", "CartPole-v1", (4,), "float32", 2, "logits", NET)
     learner = Learner(LearnerConfig(batch_size=64), [LearnerTask(address, student, "q")], SampleToInsertLimiter(256, 1.0))
     report = learner.train(0.5)
     # 512 written, min size 256, one sample per insert: 256 samples = exactly 4 batches of 64
-    assert report["updates"] == 4 and report["wait_limiter_frac"] > 0.5
+    assert report.updates == 4 and report.wait_limiter_frac > 0.5
     assert store.limiter_counts() == (512, 256)
     learner.close()
+
+
+def test_table_verbs_wait_inside_for_the_limiter(address):
+    """Insert and sample wait inside the table, up to their timeout: callers write no wait loops."""
+    limiter = SampleToInsertLimiter(256, 1.0, error_buffer=200.0)
+    learner_side, actor_side = ReplayTable(address, limiter), ReplayTable(address, limiter)
+    rng = np.random.default_rng(0)
+
+    def chunk():
+        return LabelledChunk(LabelledStates(rng.normal(size=(128, 4)).astype(np.float32),
+                                            rng.normal(size=(128, 2)).astype(np.float32),
+                                            np.zeros(128, np.int32)), ChunkMeta(actor_id=0))
+
+    assert learner_side.sample(64, rng, timeout_s=0.05) is None and learner_side.held_by_limiter  # below min size
+    assert [actor_side.insert([chunk()]) for _ in range(3)] == [[0], [1], [2]]  # 384 in: (384 - 256) + 128 > 200
+    assert actor_side.insert([chunk()], timeout_s=0.05) == [] and actor_side.wait_insert_s >= 0.05
+    assert actor_side.limiter_counts() == (384, 0)
+    batches = [learner_side.sample(64, rng, timeout_s=1.0) for _ in range(4)]
+    assert all(len(batch) == 64 for batch in batches) and not learner_side.held_by_limiter
+    assert actor_side.limiter_counts() == (384, 256)
+    assert actor_side.insert([chunk()], timeout_s=1.0) == [3]  # the learner's samples let the actor in
+    for table in (learner_side, actor_side):
+        table.close()

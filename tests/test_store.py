@@ -1,4 +1,4 @@
-"""Replay store: chunk codec, LocalRedisServer, and ReplayStore against a real redis-server."""
+"""Replay store: chunk codec, LocalRedisServer, the replay table and its channels against a real redis-server."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ import redis
 
 from kd_system.errors import CorruptChunkError, StoreError
 from kd_system.replay.redis_server import LocalRedisServer
-from kd_system.replay.store import ReplayStore, StoreAddress, mask_url
+from kd_system.replay.channels import RunMetadata, WeightsChannel
+from kd_system.replay.connection import StoreAddress, mask_url
+from kd_system.replay.table import ReplayTable
+from kd_system.types import ChunkMeta, LabelledChunk, LabelledStates
 from kd_system.replay.codec import decode_chunk, encode_chunk
 from kd_system.replay.codec import FORMAT_VERSION, MAGIC
 
@@ -27,6 +30,21 @@ def _cartpole_chunk(n=256, first_id=0):
     obs[:, 0] = np.arange(first_id, first_id + n)  # a state id, to check what sampling returns
     return {"obs": obs, "teacher_logits": np.ones((n, 2), np.float32),
             "actions": np.arange(n, dtype=np.int32) % 2}
+
+
+def _table(url, run_id, capacity_states, chunk_states):
+    return ReplayTable(StoreAddress(url, run_id, capacity_states, chunk_states))
+
+
+def _labelled(n=256, first_id=0, actor_id=0, task_id=0):
+    arrays = _cartpole_chunk(n, first_id)
+    return LabelledChunk(LabelledStates(arrays["obs"], arrays["teacher_logits"], arrays["actions"]),
+                         ChunkMeta(actor_id=actor_id, task_id=task_id))
+
+
+def _raw_chunk(obs):  # incompressible frames and tiny labels: the slot size is known
+    n = len(obs)
+    return LabelledChunk(LabelledStates(obs, np.zeros((n, 1), np.float32), np.zeros(n, np.int32)), ChunkMeta(actor_id=0))
 
 
 ROUND_TRIP_ARRAYS = [
@@ -205,7 +223,7 @@ def _closed_port():
 def test_unreachable_url_masks_password():
     url = f"redis://user:hunter2@127.0.0.1:{_closed_port()}/0"
     with pytest.raises(StoreError) as info:
-        ReplayStore(url, "r", 100, 10)
+        _table(url, "r", 100, 10)
     message = str(info.value)
     assert "hunter2" not in message and "user:***@127.0.0.1" in message
     assert "store.redis_url" in message and "\n" not in message
@@ -213,19 +231,19 @@ def test_unreachable_url_masks_password():
 
 def test_wrong_or_missing_password():
     with LocalRedisServer(password="s3cret") as server:
-        ReplayStore(server.url, "r", 100, 10).close()  # right password works
+        _table(server.url, "r", 100, 10).close()  # right password works
         wrong = server.url.replace("s3cret", "wrong-pw")
         with pytest.raises(StoreError, match="credentials") as info:
-            ReplayStore(wrong, "r", 100, 10)
+            _table(wrong, "r", 100, 10)
         assert "wrong-pw" not in str(info.value) and ":***@" in str(info.value)
         with pytest.raises(StoreError, match="password"):
-            ReplayStore(f"redis://127.0.0.1:{server.port}/0", "r", 100, 10)
+            _table(f"redis://127.0.0.1:{server.port}/0", "r", 100, 10)
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis://127.0.0.1:notaport/0"])
 def test_bad_url(url):
     with pytest.raises(StoreError, match="redis_url"):
-        ReplayStore(url, "r", 100, 10)
+        _table(url, "r", 100, 10)
 
 
 @pytest.mark.parametrize("url, masked", [
@@ -246,17 +264,17 @@ def test_mask_url(url, masked):
 def test_bad_run_id_and_sizes(redis_url):
     for bad in ["a:b", "a*", "", "x" * 200]:
         with pytest.raises(StoreError, match="run name"):
-            ReplayStore(redis_url, bad, 100, 10)
+            _table(redis_url, bad, 100, 10)
     with pytest.raises(StoreError, match="positive"):
-        ReplayStore(redis_url, "ok", 0, 10)
+        _table(redis_url, "ok", 0, 10)
 
 
-# ---------------------------------------------------------------- ReplayStore
+# ---------------------------------------------------------------- ReplayTable
 
 
 @pytest.fixture
 def store(redis_url, run_id):
-    with ReplayStore(redis_url, run_id, capacity_states=1000, chunk_states=256) as store:
+    with _table(redis_url, run_id, capacity_states=1000, chunk_states=256) as store:
         yield store
         store.clear()
 
@@ -264,28 +282,28 @@ def store(redis_url, run_id):
 def test_round_trip_and_stats(store):
     assert store.num_slots == 4
     assert store.sample(32, np.random.default_rng(0)) is None  # empty store: None
-    assert store.write_chunk(_cartpole_chunk(), {"task": "CartPole-v1"}) == 0
-    assert store.write_chunks([(_cartpole_chunk(100, 256), {}), (_cartpole_chunk(256, 356), {})]) == [1, 2]
+    assert store.insert([_labelled()]) == [0]
+    assert store.insert([_labelled(100, 256), _labelled(256, 356)]) == [1, 2]
     batch = store.sample(64, np.random.default_rng(0))
-    assert {k: (v.dtype, v.shape) for k, v in batch.items()} == {
-        "obs": (np.float32, (64, 4)), "teacher_logits": (np.float32, (64, 2)),
-        "actions": (np.int32, (64,))}
+    assert {k: (v.dtype, v.shape) for k, v in batch.arrays().items()} == {
+        "obs": (np.float32, (64, 4)), "teacher_out": (np.float32, (64, 2)),
+        "action": (np.int32, (64,))}
     stats = store.stats()
     assert stats["chunks_written"] == 3 and stats["states_written"] == 612
     assert stats["states_stored"] == 612 and stats["num_slots"] == 4 and stats["bytes_stored"] > 0
 
 
 def test_sampling_returns_only_live_states(redis_url, run_id):
-    with ReplayStore(redis_url, run_id, capacity_states=64, chunk_states=16) as store:
+    with _table(redis_url, run_id, capacity_states=64, chunk_states=16) as store:
         rng = np.random.default_rng(1)
-        store.write_chunk(_cartpole_chunk(10, 0), {})  # a partial chunk alone
-        ids = store.sample(200, rng)["obs"][:, 0]
+        store.insert([_labelled(10, 0)])  # a partial chunk alone
+        ids = store.sample(200, rng).obs[:, 0]
         assert set(ids) == set(range(10))
         for i in range(1, 10):  # 10 chunks into 4 slots: the last 4 survive
-            store.write_chunk(_cartpole_chunk(16, 100 * i), {})
+            store.insert([_labelled(16, 100 * i)])
         seen = set()
         for _ in range(50):
-            seen |= set(store.sample(64, rng, chunks_per_sample=2)["obs"][:, 0].astype(int))
+            seen |= set(store.sample(64, rng, chunks_per_sample=2).obs[:, 0].astype(int))
         live = {100 * i + j for i in range(6, 10) for j in range(16)}
         assert seen <= live and len(seen) > len(live) // 2
         assert store.stats()["states_stored"] == 64
@@ -297,14 +315,14 @@ def test_capacity_bound_keeps_memory_flat(redis_url, run_id):
     rng = np.random.default_rng(0)
 
     def chunk():  # incompressible, so the slot size is known
-        return {"obs": rng.integers(0, 255, (64, 1000), dtype=np.uint8)}, {}
+        return _raw_chunk(rng.integers(0, 255, (64, 1000), dtype=np.uint8))
 
-    with ReplayStore(redis_url, run_id, capacity_states=1024, chunk_states=64) as store:
+    with _table(redis_url, run_id, capacity_states=1024, chunk_states=64) as store:
         for _ in range(store.num_slots):
-            store.write_chunk(*chunk())
+            store.insert([chunk()])
         full = client.info("memory")["used_memory"]
         for _ in range(4 * store.num_slots // 8):  # 4x capacity more, in batches
-            store.write_chunks([chunk() for _ in range(8)])
+            store.insert([chunk() for _ in range(8)])
         after = client.info("memory")["used_memory"]
         slots = list(client.scan_iter(match=f"kd:{run_id}:slot:*"))
         assert len(slots) == store.num_slots == 16
@@ -315,36 +333,36 @@ def test_capacity_bound_keeps_memory_flat(redis_url, run_id):
 
 
 def test_runs_stay_apart_and_clear_is_scoped(redis_url, run_id):
-    with ReplayStore(redis_url, run_id + "a", 100, 10) as a, \
-            ReplayStore(redis_url, run_id + "ab", 100, 10) as ab:
-        a.write_chunk(_cartpole_chunk(10, 0), {})
-        a.set_meta({"run": "a"})
-        ab.write_chunk(_cartpole_chunk(10, 500), {})
-        ab.publish_weights(1, b"w")
-        assert set(a.sample(50, np.random.default_rng(0))["obs"][:, 0]) == set(range(10))
+    with _table(redis_url, run_id + "a", 100, 10) as a, \
+            _table(redis_url, run_id + "ab", 100, 10) as ab:
+        a.insert([_labelled(10, 0)])
+        RunMetadata(a.address).write({"run": "a"})
+        ab.insert([_labelled(10, 500)])
+        WeightsChannel(ab.address).publish(1, b"w")
+        assert set(a.sample(50, np.random.default_rng(0)).obs[:, 0]) == set(range(10))
         a.clear()
         assert a.stats()["chunks_written"] == 0 and a.sample(5, np.random.default_rng(0)) is None
-        assert a.get_meta() == {}
-        assert ab.stats()["chunks_written"] == 1 and ab.fetch_weights() == (1, b"w")
+        assert RunMetadata(a.address).read() == {}
+        assert ab.stats()["chunks_written"] == 1 and WeightsChannel(ab.address).fetch() == (1, b"w")
         ab.clear()
 
 
 def test_layout_mismatch_is_refused(store, redis_url):
-    ReplayStore(redis_url, store.address.run_id, 10_000, 256).close()  # reading claims nothing
-    store.write_chunk(_cartpole_chunk(), {})
+    _table(redis_url, store.address.run_id, 10_000, 256).close()  # reading claims nothing
+    store.insert([_labelled()])
     with pytest.raises(StoreError, match="layout"):
-        ReplayStore(redis_url, store.address.run_id, 10_000, 256)
+        _table(redis_url, store.address.run_id, 10_000, 256)
     store.clear()
-    other = ReplayStore(redis_url, store.address.run_id, 10_000, 256)  # cleared: free to reuse
-    other.write_chunk(_cartpole_chunk(), {})
+    other = _table(redis_url, store.address.run_id, 10_000, 256)  # cleared: free to reuse
+    other.insert([_labelled()])
     with pytest.raises(StoreError, match="layout"):
-        store.write_chunk(_cartpole_chunk(), {})  # the old store re-claims after its clear()
+        store.insert([_labelled()])  # the old store re-claims after its clear()
     other.clear()
     other.close()
 
 
 def test_connection_check_leaves_no_keys(redis_url, run_id):
-    ReplayStore(redis_url, run_id, 100, 10).close()
+    _table(redis_url, run_id, 100, 10).close()
     client = redis.Redis.from_url(redis_url)
     assert list(client.scan_iter(match=f"kd:{run_id}:*")) == []
     client.close()
@@ -352,41 +370,46 @@ def test_connection_check_leaves_no_keys(redis_url, run_id):
 
 def test_write_validation_reserves_nothing(store):
     with pytest.raises(StoreError, match="chunk_states"):
-        store.write_chunk(_cartpole_chunk(257), {})
-    with pytest.raises(StoreError, match="same number"):
-        store.write_chunk({"a": np.zeros(3), "b": np.zeros(4)}, {})
+        store.insert([_labelled(257)])
+    with pytest.raises(ValueError, match="disagree on their count"):  # a mismatched record is never built
+        store.insert([LabelledChunk(LabelledStates(np.zeros(3), np.zeros(4), np.zeros(3)), ChunkMeta(0))])
     with pytest.raises(StoreError, match="dtype"):
-        store.write_chunk({"a": np.array([None, None])}, {})
+        store.insert([LabelledChunk(LabelledStates(np.array([None, None]), np.zeros(2), np.zeros(2)), ChunkMeta(0))])
     assert store.stats()["chunks_written"] == 0
 
 
 def test_corrupt_slot_raises_on_sample(store, redis_url):
-    store.write_chunk(_cartpole_chunk(), {})
+    store.insert([_labelled()])
     redis.Redis.from_url(redis_url).set(f"kd:{store.address.run_id}:slot:0", b"KDCH garbage")
     with pytest.raises(CorruptChunkError):
         store.sample(8, np.random.default_rng(0))
 
 
 def test_weights_versioning(store):
-    assert store.fetch_weights() is None
-    store.publish_weights(1, b"v1")
-    assert store.fetch_weights() == (1, b"v1")
-    assert store.fetch_weights(newer_than=1) is None
-    store.publish_weights(2, b"\x00v2" * 1000)
-    assert store.fetch_weights(newer_than=1) == (2, b"\x00v2" * 1000)
+    weights = WeightsChannel(store.address)
+    assert weights.fetch() is None
+    weights.publish(1, b"v1")
+    assert weights.fetch() == (1, b"v1")
+    assert weights.fetch(newer_than=1) is None
+    weights.publish(2, b"\x00v2" * 1000)
+    assert weights.fetch(newer_than=1) == (2, b"\x00v2" * 1000)
+    assert pickle.loads(pickle.dumps(weights)).fetch() == (2, b"\x00v2" * 1000)
+    weights.close()
 
 
 def test_meta(store):
-    assert store.get_meta() == {}
-    store.set_meta({"teacher": "cartpole", "obs_dim": 4})
-    assert store.get_meta() == {"teacher": "cartpole", "obs_dim": 4}
+    meta = RunMetadata(store.address)
+    assert meta.read() == {}
+    meta.write({"teacher": "cartpole", "obs_dim": 4})
+    assert meta.read() == {"teacher": "cartpole", "obs_dim": 4}
     with pytest.raises(StoreError, match="JSON"):
-        store.set_meta({"x": object()})
+        meta.write({"x": object()})
+    meta.close()
 
 
 def test_pickles_by_address_and_masks_password(store):
     clone = pickle.loads(pickle.dumps(store))
-    store.write_chunk(_cartpole_chunk(), {})
+    store.insert([_labelled()])
     assert clone.address == store.address and clone.stats()["chunks_written"] == 1
     clone.close()
     address = StoreAddress("redis://:hunter2@h:1/0", "r", 10, 5)
@@ -394,14 +417,14 @@ def test_pickles_by_address_and_masks_password(store):
 
 
 def _write_many(address: StoreAddress, writer: int, count: int, start=None) -> None:
-    store = ReplayStore.from_address(address)
+    store = ReplayTable(address)
     if start is not None:
         start.wait(timeout=60)  # all writers connected: now they really write at once
     for i in range(count):
         if i % 2:
-            store.write_chunk(_cartpole_chunk(8, 0), {"writer": writer, "i": i})
+            store.insert([_labelled(8, 0, writer, i)])
         else:  # exercise both write paths concurrently
-            store.write_chunks([(_cartpole_chunk(8, 0), {"writer": writer, "i": i})])
+            store.insert([_labelled(8, 0, writer, i)])
     store.close()
 
 
@@ -410,7 +433,7 @@ def _check_every_chunk_landed(store, expected):
     assert stats["chunks_written"] == len(expected) and stats["states_written"] == 8 * len(expected)
     client = redis.Redis.from_url(store.address.url)
     blobs = client.mget([f"kd:{store.address.run_id}:slot:{s}" for s in range(len(expected))])
-    metas = {(m["writer"], m["i"]) for m, _ in map(decode_chunk, blobs)}
+    metas = {(m["actor_id"], m["task_id"]) for m, _ in map(decode_chunk, blobs)}
     assert metas == expected
     client.close()
 
@@ -418,10 +441,10 @@ def _check_every_chunk_landed(store, expected):
 def test_concurrent_thread_writers(redis_url, run_id):
     own, shared, count = 4, 2, 25  # threads with their own client, threads sharing one client
     total = (own + shared) * count
-    with ReplayStore(redis_url, run_id, capacity_states=8 * total, chunk_states=8) as store:
+    with _table(redis_url, run_id, capacity_states=8 * total, chunk_states=8) as store:
         def write_shared(writer):
             for i in range(count):
-                store.write_chunk(_cartpole_chunk(8, 0), {"writer": writer, "i": i})
+                store.insert([_labelled(8, 0, writer, i)])
 
         start = threading.Barrier(own)
         threads = [threading.Thread(target=_write_many, args=(store.address, w, count, start))
@@ -447,15 +470,15 @@ def test_concurrent_process_writers(redis_url, run_id):
     for p in processes:
         p.join(timeout=60)
     assert [p.exitcode for p in processes] == [0] * writers
-    with ReplayStore.from_address(address) as store:
+    with ReplayTable(address) as store:
         _check_every_chunk_landed(store, {(w, i) for w in range(writers) for i in range(count)})
         store.clear()
 
 
 def test_out_of_memory_is_a_store_error(run_id):
     with LocalRedisServer(maxmemory_mb=4) as server, \
-            ReplayStore(server.url, run_id, capacity_states=10**6, chunk_states=64) as store:
+            _table(server.url, run_id, capacity_states=10**6, chunk_states=64) as store:
         rng = np.random.default_rng(0)
         with pytest.raises(StoreError, match="out of memory"):
             for _ in range(100):
-                store.write_chunk({"obs": rng.integers(0, 255, (64, 4096), dtype=np.uint8)}, {})
+                store.insert([_raw_chunk(rng.integers(0, 255, (64, 4096), dtype=np.uint8))])

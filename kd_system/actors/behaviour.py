@@ -14,11 +14,10 @@ from typing import Protocol
 
 import numpy as np
 
+from kd_system.actors.config import ACTING_MODES
 from kd_system.policies.files import FrozenPolicy, PolicySpec, module_from_bytes
 from kd_system.policies.networks import build_network
-from kd_system.replay.store import ReplayStore
-
-ACTING_MODES = ("teacher", "student", "mixed")
+from kd_system.replay.channels import WeightsChannel
 
 
 class ActingPolicy(Protocol):
@@ -68,17 +67,17 @@ class EpsilonGreedyTeacher:
 class PublishedStudent:
     """The student as the learner last published it; version 0 is an untrained initialisation."""
 
-    def __init__(self, spec: PolicySpec, store: ReplayStore, seed: int):
+    def __init__(self, spec: PolicySpec, weights: WeightsChannel, seed: int):
         import torch
         torch.manual_seed(seed)
         self.spec = spec
-        self.store = store
+        self.weights = weights
         self.version = 0
         self.policy = FrozenPolicy(spec, build_network(spec.network, spec.obs_shape, spec.num_actions))
         self.refresh()
 
     def refresh(self) -> bool:
-        newer = self.store.fetch_weights(newer_than=self.version)
+        newer = self.weights.fetch(newer_than=self.version)
         if newer is None:
             return False
         version, blob = newer
@@ -156,14 +155,14 @@ class MixedTeacherStudent:
         self.student.refresh()
 
 
-def make_acting_policy(mode: str, epsilon: float, num_actions: int, seed: int, store: ReplayStore | None = None,
+def make_acting_policy(mode: str, epsilon: float, num_actions: int, seed: int, weights: WeightsChannel | None = None,
                        student_spec: PolicySpec | None = None,
                        schedule: TeacherShareSchedule | None = None) -> ActingPolicy:
     if mode == "teacher":
         return EpsilonGreedyTeacher(epsilon, num_actions, seed)
-    if store is None or student_spec is None:
-        raise ValueError(f"acting mode {mode!r} needs the store and the student's spec")
-    student = PublishedStudent(student_spec, store, seed)
+    if weights is None or student_spec is None:
+        raise ValueError(f"acting mode {mode!r} needs the student's weights channel and spec")
+    student = PublishedStudent(student_spec, weights, seed)
     if mode == "student":
         return EpsilonGreedyStudent(student, epsilon, num_actions, seed)
     if mode == "mixed":

@@ -16,7 +16,10 @@ from kd_system.actors.lookahead import LookaheadSettings, RolloutLabeller
 from kd_system.policies.files import FrozenPolicy, PolicyBundle, PolicySpec
 from kd_system.replay.rate_limit import SampleToInsertLimiter
 from kd_system.actors.labelling import LabellingLoop
-from kd_system.replay.store import ReplayStore, StoreAddress
+from kd_system.replay.channels import WeightsChannel
+from kd_system.replay.connection import StoreAddress
+from kd_system.replay.table import ReplayTable
+from kd_system.types import ChunkMeta, CollectReport, LabelledChunk, LabelledStates
 
 
 @dataclass(frozen=True)
@@ -42,18 +45,18 @@ class Collector:
                  student_spec: PolicySpec | None = None, acting: ActingPolicy | None = None):
         torch.set_num_threads(settings.torch_threads)
         self.settings = settings
-        self.store = ReplayStore.from_address(store_address)
+        self.table = ReplayTable.from_address(store_address, settings.limiter)
+        self.weights = WeightsChannel(store_address) if settings.acting != "teacher" and acting is None else None
         self.teacher = FrozenPolicy.from_bundle(teacher)
         self.acting = acting or make_acting_policy(settings.acting, settings.epsilon, teacher.spec.num_actions,
-                                                   settings.seed, self.store, student_spec, settings.teacher_share)
+                                                   settings.seed, self.weights, student_spec, settings.teacher_share)
         self._steps_at_refresh = 0
-        self._wait_limiter_s = 0.0
         labeller = RolloutLabeller(self.teacher, settings.lookahead) if settings.lookahead is not None else None
         self.loop = LabellingLoop(settings.env_id, settings.num_envs, settings.seed, self.teacher, self.acting, labeller)
         self.states_written = 0
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending: list[LabelledStates] = []
         self._pending_states = 0
-        self._ready_chunks: list[tuple[dict, dict]] = []
+        self._ready_chunks: list[LabelledChunk] = []
         self._time_store_s = 0.0
 
     @property
@@ -61,76 +64,63 @@ class Collector:
         return self.loop.env_steps
 
     def _step(self) -> None:
-        obs, teacher_out, actions = self.loop.step()
-        self._pending.append((obs, teacher_out, actions))
-        self._pending_states += len(actions)
+        states = LabelledStates(*self.loop.step())
+        self._pending.append(states)
+        self._pending_states += len(states)
 
     def _cut_chunk(self) -> None:
-        obs, teacher_out, actions = (np.concatenate(parts) for parts in zip(*self._pending))
+        states = LabelledStates.concatenate(self._pending)
         size = self.settings.chunk_states
-        meta = {"actor_id": self.settings.actor_id, "task_id": self.settings.task_id, **self.acting.describe(),
-                "labels": "teacher" if self.settings.lookahead is None else "lookahead"}
-        self._ready_chunks.append(({"obs": obs[:size], "teacher_out": teacher_out[:size], "action": actions[:size]}, meta))
-        rest = (obs[size:], teacher_out[size:], actions[size:])
-        self._pending = [rest] if len(rest[2]) else []
-        self._pending_states = len(rest[2])
+        meta = ChunkMeta(actor_id=self.settings.actor_id, task_id=self.settings.task_id, **self.acting.describe(),
+                         labels="teacher" if self.settings.lookahead is None else "lookahead")
+        self._ready_chunks.append(LabelledChunk(states.head(size), meta))
+        rest = states.tail(size)
+        self._pending = [rest] if len(rest) else []
+        self._pending_states = len(rest)
         # Refreshing only between chunks keeps one acting weight version per chunk.
         if self.env_steps - self._steps_at_refresh >= self.settings.weights_refresh_steps:
             self.acting.refresh()
             self._steps_at_refresh = self.env_steps
 
-    def _insert_allowed(self, deadline: float) -> bool:
-        """Wait (up to the deadline) until the rate limiter lets this write in."""
-        limiter = self.settings.limiter
-        if limiter is None or limiter.error_buffer is None:
-            return True
-        states = sum(len(arrays["action"]) for arrays, _ in self._ready_chunks)
+    def _flush(self, timeout_s: float) -> bool:
+        """Insert the ready chunks, held back by the table's rate limiter for up to ``timeout_s``."""
         start = time.perf_counter()
-        try:
-            while True:
-                inserted, sampled = self.store.limiter_counts()
-                if limiter.can_insert(inserted, sampled, states):
-                    return True
-                if time.perf_counter() >= deadline:
-                    return False
-                time.sleep(0.005)
-        finally:
-            self._wait_limiter_s += time.perf_counter() - start
+        wait_before = self.table.wait_insert_s
+        written = self.table.insert(self._ready_chunks, timeout_s)
+        if written:
+            self.states_written += sum(len(chunk) for chunk in self._ready_chunks)
+            self._ready_chunks = []
+        self._time_store_s += time.perf_counter() - start - (self.table.wait_insert_s - wait_before)
+        return bool(written)
 
-    def _flush(self) -> None:
-        start = time.perf_counter()
-        self.store.write_chunks(self._ready_chunks)
-        self.states_written += sum(len(arrays["action"]) for arrays, _ in self._ready_chunks)
-        self._ready_chunks = []
-        self._time_store_s += time.perf_counter() - start
-
-    def collect(self, duration_s: float) -> dict:
+    def collect(self, duration_s: float) -> CollectReport:
         """Collect for about ``duration_s`` seconds; returns cumulative counters and recent returns."""
         deadline = time.perf_counter() + duration_s
         while time.perf_counter() < deadline:
             if len(self._ready_chunks) >= self.settings.chunks_per_write:
-                if not self._insert_allowed(deadline):
+                if not self._flush(max(0.0, deadline - time.perf_counter())):
                     break  # still held back: report to the head and try again next call
-                self._flush()
             self._step()
             if self._pending_states >= self.settings.chunk_states:
                 self._cut_chunk()
-        if len(self._ready_chunks) >= self.settings.chunks_per_write and self._insert_allowed(0.0):
-            self._flush()
+        if len(self._ready_chunks) >= self.settings.chunks_per_write:
+            self._flush(0.0)
         returns = self.loop.take_finished_returns()
-        return {
-            "actor_id": self.settings.actor_id,
-            "env_steps": self.env_steps,
-            "rollout_steps": self.loop.rollout_steps,
-            "states_written": self.states_written,
-            "episode_returns": returns,
-            "time_env_s": self.loop.time_env_s,
-            "time_teacher_s": self.loop.time_teacher_s,
-            "time_store_s": self._time_store_s,
-            "time_wait_limiter_s": self._wait_limiter_s,
-            "policy_version": self.acting.version(),
-        }
+        return CollectReport(
+            actor_id=self.settings.actor_id,
+            env_steps=self.env_steps,
+            rollout_steps=self.loop.rollout_steps,
+            states_written=self.states_written,
+            episode_returns=returns,
+            time_env_s=self.loop.time_env_s,
+            time_teacher_s=self.loop.time_teacher_s,
+            time_store_s=self._time_store_s,
+            time_wait_limiter_s=self.table.wait_insert_s,
+            policy_version=self.acting.version(),
+        )
 
     def close(self) -> None:
         self.loop.close()
-        self.store.close()
+        self.table.close()
+        if self.weights is not None:
+            self.weights.close()

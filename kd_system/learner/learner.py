@@ -20,9 +20,11 @@ from kd_system.policies.networks import SharedTrunkMLPs, build_network
 from kd_system.policies.files import PolicyBundle, PolicySpec, module_from_bytes, module_to_bytes
 from kd_system.learner.prefetch import Prefetcher
 from kd_system.replay.rate_limit import SampleToInsertLimiter
-from kd_system.replay.store import ReplayStore, StoreAddress
+from kd_system.replay.channels import WeightsChannel
+from kd_system.replay.connection import StoreAddress
+from kd_system.replay.table import ReplayTable
+from kd_system.types import LearnerState, TrainReport
 
-LIMITER_SYNC_UPDATES = 4  # one Redis round trip per this many updates keeps both sides current
 
 
 @dataclass(frozen=True)
@@ -93,14 +95,17 @@ class Learner:
         self.loss_fns = [build_loss(config.loss, t.label_kind,
                                     config.temperature if t.label_temperature is None else t.label_temperature,
                                     config.student_temperature) for t in self.tasks]
-        self.stores = [ReplayStore.from_address(t.store) for t in self.tasks]
+        # Each task's table holds the rate limiter: its sample calls wait while data is short or the
+        # learner is ahead. It counts what this learner sampled since it connected (a resumed run
+        # starts with empty stores but a restored sample count).
+        limiter = limiter or SampleToInsertLimiter(min_size_to_sample=config.batch_size, samples_per_insert=32.0)
+        self.tables = [ReplayTable.from_address(t.store, limiter) for t in self.tasks]
+        self.weights = [WeightsChannel(t.store) for t in self.tasks]
         self.prefetchers: list[Prefetcher] | None = None
-        self.limiter = limiter or SampleToInsertLimiter(min_size_to_sample=config.batch_size, samples_per_insert=32.0)
+        self._batches: list[dict[str, torch.Tensor] | None] = [None] * len(self.tasks)  # the next update's, per task
         self.updates = 0
         self.samples = 0
-        # The limiter compares with what each store received since we connected (a resumed run
-        # starts with empty stores but a restored sample count). Every update samples each task once.
-        self.limiter_samples = 0
+        self.trained_since_connect = 0  # states per task trained on by this learner process
         self.published_version = -1
 
     @property
@@ -112,7 +117,7 @@ class Learner:
             cfg = self.config
             self.prefetchers = [Prefetcher(store, cfg.batch_size, cfg.chunks_per_sample, cfg.prefetch_batches,
                                            cfg.prefetch_threads, self.device, cfg.seed + 7919 * (i + 1))
-                                for i, store in enumerate(self.stores)]
+                                for i, store in enumerate(self.tables)]
 
     def _update(self, batches: list[dict[str, torch.Tensor]]) -> float:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -130,67 +135,64 @@ class Learner:
         self.samples += sum(len(batch["obs"]) for batch in batches)
         return loss.item()
 
-    def _sync(self) -> list[int]:
-        return [store.sync_sampled(self.limiter_samples) for store in self.stores]
-
-    def train(self, duration_s: float, stop_at_updates: int | None = None) -> dict:
+    def train(self, duration_s: float, stop_at_updates: int | None = None) -> TrainReport:
         """Update for about ``duration_s`` seconds, or until ``stop_at_updates`` updates in all, so
         the head's snapshots and max_updates land on the update they name even when a second holds
-        hundreds of updates. Waits (not over-samples) while data is short."""
-        cfg = self.config
+        hundreds of updates. Waits (not over-samples) while data is short: the tables' limiter
+        decides, and time spent waiting on a held-back table counts as limiter wait."""
         start = time.perf_counter()
         deadline = start + duration_s
-        inserted = self._sync()
         losses: list[float] = []
         wait_input_s = wait_limiter_s = 0.0
+        self._ensure_prefetchers()
         while time.perf_counter() < deadline and (stop_at_updates is None or self.updates < stop_at_updates):
-            if not all(self.limiter.can_sample(n, self.limiter_samples, cfg.batch_size) for n in inserted):
-                pause_start = time.perf_counter()
-                time.sleep(0.01)
-                inserted = self._sync()
-                wait_limiter_s += time.perf_counter() - pause_start
-                continue
-            self._ensure_prefetchers()
             fetch_start = time.perf_counter()
-            batches = [prefetcher.get() for prefetcher in self.prefetchers]
-            wait_input_s += time.perf_counter() - fetch_start
-            losses.append(self._update(batches))
-            self.limiter_samples += cfg.batch_size
-            if self.updates % LIMITER_SYNC_UPDATES == 0:
-                inserted = self._sync()
-            if self.updates % cfg.publish_every_updates == 0:
+            for index, prefetcher in enumerate(self.prefetchers):
+                if self._batches[index] is None:  # a batch got in an earlier call waits for the other tasks'
+                    self._batches[index] = prefetcher.get(deadline - time.perf_counter())
+            waited = time.perf_counter() - fetch_start
+            if any(table.held_by_limiter for table in self.tables):
+                wait_limiter_s += waited
+            else:
+                wait_input_s += waited
+            if any(batch is None for batch in self._batches):
+                continue  # still held back or short of data, until the deadline
+            losses.append(self._update(self._batches))
+            self._batches = [None] * len(self.tables)
+            self.trained_since_connect += self.config.batch_size
+            if self.updates % self.config.publish_every_updates == 0:
                 self.publish()
-        inserted = self._sync()
+        inserted = min(table.inserted for table in self.tables)
         elapsed = time.perf_counter() - start
-        return {
-            "updates": self.updates,
-            "samples": self.samples,
-            "loss": sum(losses) / len(losses) if losses else None,
-            "updates_in_call": len(losses),
-            "replay_ratio": self.limiter_samples / max(1, min(inserted)),
-            "call_s": elapsed,
-            "wait_input_frac": wait_input_s / elapsed,
-            "wait_limiter_frac": wait_limiter_s / elapsed,
-            "device": self.device.type,
-            "precision": "bf16" if self.autocast_dtype is not None else "fp32",
-        }
+        return TrainReport(
+            updates=self.updates,
+            samples=self.samples,
+            loss=sum(losses) / len(losses) if losses else None,
+            updates_in_call=len(losses),
+            replay_ratio=self.trained_since_connect / max(1, inserted),
+            call_s=elapsed,
+            wait_input_frac=wait_input_s / elapsed,
+            wait_limiter_frac=wait_limiter_s / elapsed,
+            device=self.device.type,
+            precision="bf16" if self.autocast_dtype is not None else "fp32",
+        )
 
     def publish(self) -> int:
         """Each task's actors read their own view of the student from their task's namespace."""
-        for store, student in zip(self.stores, self.students):
-            store.publish_weights(self.updates, module_to_bytes(student))
+        for channel, student in zip(self.weights, self.students):
+            channel.publish(self.updates, module_to_bytes(student))
         self.published_version = self.updates
         return self.updates
 
     def student_bundles(self) -> list[PolicyBundle]:
         return [PolicyBundle.from_module(t.student_spec, s) for t, s in zip(self.tasks, self.students)]
 
-    def get_state(self) -> dict:
+    def get_state(self) -> LearnerState:
         """Everything a snapshot needs, as plain bytes and numbers (no live objects)."""
         optimizer_bytes = io.BytesIO()
         torch.save(self.optimizer.state_dict(), optimizer_bytes)
-        return {"students": self.student_bundles(), "optimizer": optimizer_bytes.getvalue(),
-                "updates": self.updates, "samples": self.samples}
+        return LearnerState(students=self.student_bundles(), optimizer=optimizer_bytes.getvalue(),
+                            updates=self.updates, samples=self.samples)
 
     def load_state(self, student_weights: list[bytes], optimizer_state: bytes | None, updates: int, samples: int) -> None:
         if len(student_weights) != len(self.students):
@@ -207,5 +209,5 @@ class Learner:
     def close(self) -> None:
         for prefetcher in self.prefetchers or []:
             prefetcher.close()
-        for store in self.stores:
-            store.close()
+        for handle in [*self.tables, *self.weights]:
+            handle.close()

@@ -63,7 +63,7 @@ def _compress(codec: str, raw: np.ndarray) -> bytes:
     return lz4.block.compress(raw, store_size=False)
 
 
-_FIX = "clear the run's namespace (kd_system ReplayStore.clear) or start a new run"
+_FIX = "clear the run's namespace (ReplayTable.clear) or start a new run"
 
 
 def _corrupt(why: str) -> CorruptChunkError:

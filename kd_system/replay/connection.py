@@ -1,0 +1,123 @@
+"""Where a run's store lives and how to reach it: the address, URL masking, the connection and
+its error translation. The table, the weights channel and the run metadata all build on it.
+"""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from kd_system.errors import StoreError
+
+CONNECT_TIMEOUT_S = 2.5
+OP_TIMEOUT_S = 30.0  # a slow MGET of Atari chunks is fine; a dead server must not hang forever
+_RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # no ':' or glob chars: clear() SCANs kd:{run_id}:*
+_UNREACHABLE_FIX = "start Redis there, fix store.redis_url, or leave it unset so kd-system starts a local one"
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password (user-info or ?password=) replaced by ***, for messages and logs."""
+    url = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() == "unix":  # unix://[user:pw@]/path: user-info ends at the first '/'
+        netloc, slash, path = rest.partition("/")
+        rest = netloc if "@" in netloc else ""
+        tail = slash + path
+    else:  # the last '@' wins, so a password holding an unescaped '/' or '@' is still hidden
+        tail = ""
+    if not sep or "@" not in rest:
+        return url
+    userinfo, host = rest.rsplit("@", 1)
+    user, has_password, _ = userinfo.partition(":")
+    return f"{scheme}://{user + ':***' if has_password else '***'}@{host}{tail}"
+
+
+@dataclass(frozen=True, repr=False)
+class StoreAddress:
+    """Everything a Ray actor needs to reconnect to a run's store (cheap to pickle)."""
+    url: str
+    run_id: str
+    capacity_states: int
+    chunk_states: int
+
+    def __repr__(self) -> str:  # Ray logs reprs: never print the password
+        return (f"StoreAddress(url={mask_url(self.url)!r}, run_id={self.run_id!r}, "
+                f"capacity_states={self.capacity_states}, chunk_states={self.chunk_states})")
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for ``url`` after one fast PING, so a wrong URL or password fails at once with a fix."""
+    where = mask_url(url)
+    try:
+        probe = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                     socket_timeout=CONNECT_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        try:
+            probe.ping()
+        finally:
+            probe.close()
+    except ValueError as exc:
+        raise StoreError(f"store.redis_url {where} is not a usable Redis URL ({exc}): use "
+                         "redis://[:password@]host:port/db, rediss://... or unix:///path.sock") from None
+    except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+        raise StoreError(f"Redis at {where} rejected the credentials ({exc}): "
+                         "fix the user/password in store.redis_url") from None
+    except redis.ResponseError as exc:  # NOAUTH: a password is required but none was given
+        raise StoreError(f"Redis at {where} refused PING ({exc}): "
+                         "put the password in store.redis_url (redis://:PASSWORD@host:port/0)") from None
+    except redis.RedisError as exc:
+        raise StoreError(f"cannot reach Redis at {where} ({exc}): {_UNREACHABLE_FIX}") from None
+    return redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                socket_timeout=OP_TIMEOUT_S, health_check_interval=30)
+
+
+def check_reachable(url: str) -> None:
+    """Fail now, with the fix, if Redis at ``url`` cannot be used; writes nothing."""
+    connect(url).close()
+
+
+class Namespace:
+    """One run's keys, kd:{run_id}:*, on one connection; Redis errors become one-line StoreErrors."""
+
+    def __init__(self, address: StoreAddress):
+        if not isinstance(address.run_id, str) or not _RUN_ID.fullmatch(address.run_id):
+            raise StoreError(f"run name {address.run_id!r} is not usable as a store namespace (kd:RUN:*): "
+                             "use 1-128 letters, digits, '.', '_' or '-' (head.run_name)")
+        self.address = address
+        self.where = mask_url(address.url)
+        self.prefix = f"kd:{address.run_id}:"
+        self.redis = connect(address.url)
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    @contextmanager
+    def guard(self, action: str):
+        try:
+            yield
+        except redis.ResponseError as exc:
+            if "maxmemory" in str(exc) or str(exc).startswith("OOM"):
+                raise StoreError(f"Redis at {self.where} is out of memory while {action}: raise "
+                                 "its maxmemory or lower store.capacity_states") from exc
+            raise StoreError(f"Redis at {self.where} refused {action} ({exc})") from exc
+        except redis.RedisError as exc:
+            raise StoreError(f"lost Redis at {self.where} while {action} ({exc}): "
+                             "check that it is still running") from exc
+
+    def delete_all(self) -> None:
+        """Delete this run's keys only (other runs on the same server are untouched)."""
+        with self.guard("clearing the run"):
+            batch = []
+            for key in self.redis.scan_iter(match=self.prefix + "*", count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    self.redis.delete(*batch)
+                    batch.clear()
+            if batch:
+                self.redis.delete(*batch)
+
+    def close(self) -> None:
+        self.redis.close()

@@ -1,0 +1,246 @@
+"""The replay table: a bounded ring of encoded chunks in Redis under kd:{run_id}:*, with the
+samples-per-insert rate limiter inside (Reverb's Table and its rate limiters, in a few verbs).
+
+    table = ReplayTable(address, limiter)
+    table.insert(chunks, timeout_s=1.0)     # actors: [] while the limiter still holds them back
+    table.sample(256, rng, timeout_s=1.0)   # learner: None while data is short or it is ahead
+
+Callers write no wait loops: both verbs wait here, up to their timeout, and count the time.
+Actors write whole chunks (one value each); the learner samples a few chunks and states within
+them. The student's weights and the run's metadata live beside the data (replay/channels.py).
+See DESIGN.md section 3.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from dataclasses import fields
+
+import numpy as np
+
+from kd_system.errors import CorruptChunkError, StoreError
+from kd_system.replay.codec import decode_chunk, encode_chunk
+from kd_system.replay.connection import Namespace, StoreAddress
+from kd_system.replay.rate_limit import SampleToInsertLimiter
+from kd_system.types import LabelledChunk, LabelledStates
+
+POLL_S = 0.005  # how often a held-back insert or sample re-reads the limiter's counters
+_ARRAYS = tuple(f.name for f in fields(LabelledStates))
+
+
+class ReplayTable:
+    """Bounded ring of ceil(capacity_states / chunk_states) chunk slots for one run.
+
+    ``limiter`` None: inserts never wait and samples only wait for data. The limiter's two counts
+    are the states inserted (kept in Redis) and the states this table handle sampled (the learner
+    holds one handle per task; its count is mirrored to Redis for the actors' inserts to read)."""
+
+    def __init__(self, address: StoreAddress, limiter: SampleToInsertLimiter | None = None):
+        if min(int(address.capacity_states), int(address.chunk_states)) < 1:
+            raise StoreError(f"store capacity_states={address.capacity_states} and chunk_states="
+                             f"{address.chunk_states} must both be positive: fix the store config")
+        self._ns = Namespace(address)
+        self.address = address
+        self.limiter = limiter
+        self.num_slots = math.ceil(address.capacity_states / address.chunk_states)
+        self._ring_full = False  # once every slot was written, sampling skips reading the counter
+        self._lock = threading.Lock()  # the learner's prefetch threads share a handle: reserve samples atomically
+        self.sampled = 0  # states sampled through this handle (the learner's side of the limiter)
+        self.inserted = 0  # states inserted into the run, as last read
+        self.held_by_limiter = False  # the last sample() attempt was refused by the limiter
+        self.wait_insert_s = 0.0  # time insert() spent held back by the limiter
+        self._check_layout(claim=False)
+
+    @classmethod
+    def from_address(cls, address: StoreAddress, limiter: SampleToInsertLimiter | None = None) -> "ReplayTable":
+        return cls(address, limiter)
+
+    def __reduce__(self):  # pickling (e.g. into a Ray actor) reconnects from the address
+        return (ReplayTable, (self.address, self.limiter))
+
+    def _check_layout(self, claim: bool) -> None:
+        # A writer with other sizes would silently scramble the ring. Only writers claim the
+        # layout, so a connection check (constructing and closing a table) leaves no keys behind.
+        layout = json.dumps({"num_slots": self.num_slots, "chunk_states": self.address.chunk_states})
+        with self._ns.guard("checking the run layout"):
+            pipe = self._ns.redis.pipeline()
+            if claim:
+                pipe.setnx(self._ns.key("layout"), layout)
+            stored = pipe.get(self._ns.key("layout")).execute()[-1]
+        if stored is not None and stored.decode() != layout:
+            raise StoreError(f"run {self.address.run_id!r} in Redis at {self._ns.where} has layout "
+                             f"{stored.decode()}, this store wants {layout}: use the run's original "
+                             "store.capacity_states/chunk_states, a new run name, or clear the run")
+        self._layout_claimed = claim
+
+    # ---- insert ----------------------------------------------------------------------------
+    def insert(self, chunks: list[LabelledChunk], timeout_s: float = 0.0) -> list[int]:
+        """Store the chunks in two round trips (reserve sequence numbers, then one MULTI) once the
+        limiter lets them in; returns their 0-based sequence numbers (slot = seq % num_slots), or
+        [] if the limiter still held them back after ``timeout_s``."""
+        if not chunks:
+            return []
+        states = [self._checked_size(chunk) for chunk in chunks]
+        if not self._insert_allowed(sum(states), timeout_s):
+            return []
+        blobs = [encode_chunk(c.states.arrays(), c.meta.to_json()) for c in chunks]  # fail before reserving
+        if not self._layout_claimed:
+            self._check_layout(claim=True)
+        ns = self._ns
+        with ns.guard("writing chunks"):
+            end = ns.redis.incrby(ns.key("chunks"), len(blobs))
+            seqs = list(range(end - len(blobs), end))
+            pipe = ns.redis.pipeline(transaction=True)
+            for seq, blob, n in zip(seqs, blobs, states):
+                slot = seq % self.num_slots
+                pipe.set(ns.key(f"slot:{slot}"), blob)
+                pipe.hset(ns.key("slot_bytes"), slot, len(blob))
+                pipe.hset(ns.key("slot_states"), slot, n)
+            pipe.incrby(ns.key("states"), sum(states))
+            pipe.execute()
+        return seqs
+
+    def _checked_size(self, chunk: LabelledChunk) -> int:
+        if not isinstance(chunk, LabelledChunk):
+            raise StoreError(f"insert takes LabelledChunk records, got {type(chunk).__name__}")
+        if len(chunk) > self.address.chunk_states:
+            raise StoreError(f"a chunk of {len(chunk)} states is above store.chunk_states="
+                             f"{self.address.chunk_states}: cut chunks at that size")
+        return len(chunk)
+
+    def _insert_allowed(self, states: int, timeout_s: float) -> bool:
+        limiter = self.limiter
+        if limiter is None or limiter.error_buffer is None:
+            return True  # only the learner waits
+        start = time.perf_counter()
+        try:
+            while True:
+                inserted, sampled = self.limiter_counts()
+                if limiter.can_insert(inserted, sampled, states):
+                    return True
+                if time.perf_counter() - start >= timeout_s:
+                    return False
+                time.sleep(POLL_S)
+        finally:
+            self.wait_insert_s += time.perf_counter() - start
+
+    # ---- sample ----------------------------------------------------------------------------
+    def sample(self, batch_size: int, rng: np.random.Generator, chunks_per_sample: int = 4,
+               timeout_s: float = 0.0) -> LabelledStates | None:
+        """batch_size states drawn uniformly with replacement from chunks_per_sample random filled
+        slots, once the limiter allows; None if it still did not (or the table held no states)
+        after ``timeout_s``."""
+        start = time.perf_counter()
+        while True:
+            if self._reserve(batch_size):
+                try:
+                    batch = self._draw(batch_size, rng, chunks_per_sample)
+                except BaseException:
+                    self._release(batch_size)
+                    raise
+                if batch is not None:
+                    return batch
+                self._release(batch_size)
+            if time.perf_counter() - start >= timeout_s:
+                return None
+            time.sleep(POLL_S)
+
+    def _reserve(self, batch_size: int) -> bool:
+        if self.limiter is None:
+            return True
+        with self._lock:
+            with self._ns.guard("reading the rate limiter's counters"):
+                self.inserted = int(self._ns.redis.get(self._ns.key("states")) or 0)
+            allowed = self.limiter.can_sample(self.inserted, self.sampled, batch_size)
+            self.held_by_limiter = not allowed
+            if allowed:
+                self.sampled += batch_size
+                self._publish_sampled()
+            return allowed
+
+    def _release(self, batch_size: int) -> None:
+        if self.limiter is not None:
+            with self._lock:
+                self.sampled -= batch_size
+                self._publish_sampled()
+
+    def _publish_sampled(self) -> None:
+        with self._ns.guard("syncing the rate limiter"):
+            self._ns.redis.set(self._ns.key("sampled"), self.sampled)
+
+    def _draw(self, batch_size: int, rng: np.random.Generator, chunks_per_sample: int) -> LabelledStates | None:
+        ns = self._ns
+        with ns.guard("sampling"):
+            filled = self.num_slots if self._ring_full else \
+                min(int(ns.redis.get(ns.key("chunks")) or 0), self.num_slots)
+            self._ring_full = filled == self.num_slots
+            if filled == 0:
+                return None
+            slots = rng.choice(filled, size=min(chunks_per_sample, filled), replace=False)
+            blobs = ns.redis.mget([ns.key(f"slot:{s}") for s in slots])
+        # A slot reserved but not yet written reads as None: skip it.
+        parts = [p for p in (self._states_in(b) for b in blobs if b is not None) if len(p)]
+        if not parts:
+            self._ring_full = False  # the run may have been cleared elsewhere: re-read the counter
+            return None
+        starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+        picks = rng.integers(0, starts[-1], size=batch_size)
+        owner = np.searchsorted(starts, picks, side="right") - 1
+        gathered = {}
+        for name in _ARRAYS:
+            first = getattr(parts[0], name)
+            out = np.empty((batch_size, *first.shape[1:]), dtype=first.dtype)
+            for i, part in enumerate(parts):  # gather straight from each chunk: no big concatenate
+                array = getattr(part, name)
+                if array.shape[1:] != first.shape[1:] or array.dtype != first.dtype:
+                    raise StoreError(f"chunks of run {self.address.run_id!r} disagree on array "
+                                     f"{name!r}: write one layout per run (use a run_id per task)")
+                mine = owner == i
+                out[mine] = array[picks[mine] - starts[i]]
+            gathered[name] = out
+        return LabelledStates(**gathered)
+
+    def _states_in(self, blob: bytes) -> LabelledStates:
+        arrays = decode_chunk(blob)[1]
+        if set(arrays) != set(_ARRAYS) or any(a.ndim == 0 for a in arrays.values()):
+            raise CorruptChunkError(f"corrupt replay chunk in run {self.address.run_id!r}: arrays "
+                                    f"{sorted(arrays)}, expected {', '.join(_ARRAYS)} with a state axis; "
+                                    "clear the run's namespace or start a new run")
+        try:
+            return LabelledStates(**arrays)
+        except ValueError as exc:
+            raise CorruptChunkError(f"corrupt replay chunk in run {self.address.run_id!r}: {exc}; "
+                                    "clear the run's namespace or start a new run") from None
+
+    # ---- counters and lifetime ---------------------------------------------------------------
+    def limiter_counts(self) -> tuple[int, int]:
+        """(states inserted, states sampled by the learner): what the rate limiter compares."""
+        with self._ns.guard("reading rate-limiter counters"):
+            states, sampled = self._ns.redis.mget([self._ns.key("states"), self._ns.key("sampled")])
+        return int(states or 0), int(sampled or 0)
+
+    def stats(self) -> dict:
+        ns = self._ns
+        with ns.guard("reading stats"):
+            chunks, states, slot_bytes, slot_states = ns.redis.pipeline(transaction=False) \
+                .get(ns.key("chunks")).get(ns.key("states")) \
+                .hvals(ns.key("slot_bytes")).hvals(ns.key("slot_states")).execute()
+        return {"chunks_written": int(chunks or 0), "states_written": int(states or 0),
+                "states_stored": sum(map(int, slot_states)), "bytes_stored": sum(map(int, slot_bytes)),
+                "num_slots": self.num_slots, "capacity_states": self.address.capacity_states}
+
+    def clear(self) -> None:
+        """Delete this run's keys only (other runs on the same server are untouched)."""
+        self._ns.delete_all()
+        self._ring_full = self._layout_claimed = False
+
+    def close(self) -> None:
+        self._ns.close()
+
+    def __enter__(self) -> "ReplayTable":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
