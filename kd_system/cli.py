@@ -14,7 +14,7 @@ from kd_system.errors import KDError
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kd_system.launch import head
+    from kd_system.launch.run import run as distil
     from kd_system.config import load_config
     from kd_system.launch.secrets import with_secrets
     from kd_system.checkpoints.run_dir import RunDirectory
@@ -31,11 +31,11 @@ def _run(args: argparse.Namespace) -> int:
         prepare(config)  # fail on a bad env, teacher or Redis before creating anything on disk
         url = with_secrets(config).store.redis_url
         if url is not None:
-            from kd_system.replay.store import ReplayStore
-            ReplayStore(url, "connection-check", config.store.capacity_states, config.store.chunk_states).close()
+            from kd_system.replay.connection import check_reachable
+            check_reachable(url)
         run = RunDirectory.create(config.head.runs_dir, name, config)
     # The run directory keeps env:NAME references; the processes get what they name.
-    summary = head.run(with_secrets(config), run, address=args.address, resumed=bool(args.resume))
+    summary = distil(with_secrets(config), run, address=args.address, resumed=bool(args.resume))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", metavar="PATH", help="also write the report to this file")
     evaluate.set_defaults(func=_eval)
 
-    from kd_system.teachers.training import register_cli
+    from kd_system.teachers.cli import register_cli
     register_cli(commands)
     from kd_system.experiments.command import register_cli as register_experiment
     register_experiment(commands)
@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_repeat(commands)
     from kd_system.bench.command import register_cli as register_bench
     register_bench(commands)
+    from kd_system.config_cli import register_cli as register_config
+    register_config(commands)
     return parser
 
 

@@ -12,7 +12,9 @@ from kd_system.learner.learner import Learner, LearnerTask, learning_rate
 from kd_system.policies.networks import build_network, count_parameters
 from kd_system.policies.files import FrozenPolicy, PolicyBundle, PolicySpec
 from kd_system.replay.rate_limit import SampleToInsertLimiter
-from kd_system.replay.store import ReplayStore, StoreAddress
+from kd_system.replay.channels import WeightsChannel
+from kd_system.replay.connection import StoreAddress
+from kd_system.replay.table import ReplayTable
 
 TEACHER_NET = {"kind": "mlp", "hidden": [32, 32], "activation": "relu"}
 STUDENT_NET = {"kind": "mlp", "hidden": [16], "activation": "relu"}
@@ -30,7 +32,7 @@ def teacher() -> PolicyBundle:
 def address(redis_url, run_id) -> StoreAddress:
     address = StoreAddress(url=redis_url, run_id=run_id, capacity_states=4096, chunk_states=128)
     yield address
-    ReplayStore.from_address(address).clear()
+    ReplayTable(address).clear()
 
 
 def collector_settings(**overrides) -> CollectorSettings:
@@ -44,26 +46,26 @@ def test_collector_labels_every_state_with_the_teacher(address, teacher):
     collector = Collector(collector_settings(), address, teacher)
     report = collector.collect(0.5)
     collector.close()
-    store = ReplayStore.from_address(address)
+    store = ReplayTable(address)
     stats = store.stats()
-    assert report["states_written"] == stats["states_written"] > 0
-    assert report["states_written"] % 128 == 0
-    assert report["env_steps"] >= report["states_written"]
+    assert report.states_written == stats["states_written"] > 0
+    assert report.states_written % 128 == 0
+    assert report.env_steps >= report.states_written
     batch = store.sample(256, np.random.default_rng(0))
-    assert batch["obs"].shape == (256, 4) and batch["obs"].dtype == np.float32
-    assert batch["teacher_out"].shape == (256, 2)
-    expected = FrozenPolicy.from_bundle(teacher).outputs(batch["obs"])
-    np.testing.assert_allclose(batch["teacher_out"], expected, rtol=1e-5, atol=1e-6)
+    assert batch.obs.shape == (256, 4) and batch.obs.dtype == np.float32
+    assert batch.teacher_out.shape == (256, 2)
+    expected = FrozenPolicy.from_bundle(teacher).outputs(batch.obs)
+    np.testing.assert_allclose(batch.teacher_out, expected, rtol=1e-5, atol=1e-6)
     # epsilon 0: the acting action is the teacher's greedy action
-    np.testing.assert_array_equal(batch["action"], expected.argmax(axis=1))
+    np.testing.assert_array_equal(batch.action, expected.argmax(axis=1))
 
 
 def test_epsilon_one_acts_randomly(address, teacher):
     collector = Collector(collector_settings(epsilon=1.0), address, teacher)
     collector.collect(0.3)
     collector.close()
-    batch = ReplayStore.from_address(address).sample(1024, np.random.default_rng(0))
-    agreement = np.mean(batch["action"] == batch["teacher_out"].argmax(axis=1))
+    batch = ReplayTable(address).sample(1024, np.random.default_rng(0))
+    agreement = np.mean(batch.action == batch.teacher_out.argmax(axis=1))
     assert 0.3 < agreement < 0.7
 
 
@@ -79,14 +81,14 @@ def test_learner_distils_from_the_store_and_publishes_weights(address, teacher):
     learner = make_learner(address, teacher, temperature=1.0)
     first = learner.train(0.5)
     later = learner.train(2.0)
-    assert first["updates"] > 0 and later["updates"] > first["updates"]
-    assert later["loss"] < first["loss"]
-    published = ReplayStore.from_address(address).fetch_weights()
+    assert first.updates > 0 and later.updates > first.updates
+    assert later.loss < first.loss
+    published = WeightsChannel(address).fetch()
     assert published is not None and published[0] == learner.published_version > 0
     # state round trip: a new learner restored from the state produces the same outputs
     state = learner.get_state()
     clone = make_learner(address, teacher, temperature=1.0)
-    clone.load_state([s.weights for s in state["students"]], state["optimizer"], state["updates"], state["samples"])
+    clone.load_state([s.weights for s in state.students], state.optimizer, state.updates, state.samples)
     obs = torch.randn(8, 4)
     torch.testing.assert_close(clone.students[0](obs), learner.students[0](obs))
     assert clone.updates == learner.updates
@@ -98,9 +100,9 @@ def test_learner_call_stops_at_the_update_the_head_names(address, teacher):
     collector = Collector(collector_settings(), address, teacher)
     collector.collect(0.5)
     learner = make_learner(address, teacher)
-    assert learner.train(5.0, stop_at_updates=7)["updates"] == 7
-    assert learner.train(5.0, stop_at_updates=7)["updates_in_call"] == 0  # already there: returns at once
-    assert learner.train(5.0, stop_at_updates=12)["updates"] == 12
+    assert learner.train(5.0, stop_at_updates=7).updates == 7
+    assert learner.train(5.0, stop_at_updates=7).updates_in_call == 0  # already there: returns at once
+    assert learner.train(5.0, stop_at_updates=12).updates == 12
     collector.close()
     learner.close()
 
@@ -112,8 +114,8 @@ def test_learner_bf16_autocast_trains_with_fp32_losses(address, teacher):
     assert make_learner(address, teacher).autocast_dtype is None  # auto on CPU
     learner = make_learner(address, teacher, temperature=1.0, precision="bf16")
     reports = [learner.train(0.3) for _ in range(4)]  # the limiter caps updates at 32 samples per state
-    losses = [r["loss"] for r in reports if r["loss"] is not None]
-    assert reports[0]["precision"] == "bf16" and reports[-1]["updates"] > 0
+    losses = [r.loss for r in reports if r.loss is not None]
+    assert reports[0].precision == "bf16" and reports[-1].updates > 0
     assert losses and all(np.isfinite(losses))
     assert all(p.dtype == torch.float32 for p in learner.parameters)  # master weights stay fp32
     for component in (collector, learner):
@@ -133,7 +135,7 @@ def test_learner_applies_the_schedule_to_its_optimizer(address, teacher):
     collector.collect(0.3)
     learner = make_learner(address, teacher, lr_final=1e-5, lr_decay_updates=10)
     report = learner.train(0.5)
-    assert report["updates"] > 10  # past the decay: the last update ran at lr_final
+    assert report.updates > 10  # past the decay: the last update ran at lr_final
     assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
     for component in (collector, learner):
         component.close()
@@ -143,14 +145,14 @@ def test_learner_waits_for_min_states_instead_of_overfitting(address, teacher):
     learner = make_learner(address, teacher)
     report = learner.train(0.3)
     learner.close()
-    assert report["updates_in_call"] == 0 and report["wait_limiter_frac"] > 0.5
+    assert report.updates_in_call == 0 and report.wait_limiter_frac > 0.5
 
 
 def test_evaluator_scores_teacher_against_itself(teacher):
     evaluator = Evaluator("CartPole-v1", teacher, heldout_states=500)
     base = evaluator.baselines(episodes=5, seed=0)
     report = evaluator.evaluate(teacher, episodes=5, seed=0)
-    assert report["student_return_mean"] == pytest.approx(base["teacher_return_mean"])
-    assert report["agreement_teacher_states"] == 1.0 and report["agreement_student_states"] == 1.0
-    assert normalized_score(report["student_return_mean"], base["teacher_return_mean"], base["random_return_mean"]) \
+    assert report.student_return_mean == pytest.approx(base.teacher_return_mean)
+    assert report.agreement_teacher_states == 1.0 and report.agreement_student_states == 1.0
+    assert normalized_score(report.student_return_mean, base.teacher_return_mean, base.random_return_mean) \
         == pytest.approx(1.0)

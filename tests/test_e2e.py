@@ -101,14 +101,12 @@ def test_training_goes_on_after_the_target_for_evals_after_target(tmp_path):
 
 
 def test_snapshot_pick_ranks_by_agreement_once_the_score_or_its_ci_reaches_the_target():
-    from types import SimpleNamespace
+    from kd_system.checkpoints.selection import SnapshotSelection
 
-    from kd_system.launch.head import Head
-
-    head = SimpleNamespace(config=SimpleNamespace(head=SimpleNamespace(target_score=1.0)), rank_by_agreement=True)
+    selection = SnapshotSelection(target_score=1.0, evals_after_target=0, rank_by_agreement=True)
 
     def key(score, agreement, high=float("nan")):
-        return Head._selection_key(head, score, agreement, high)
+        return selection.key(score, agreement, high)
 
     lucky_early = key(1.010, 0.988, 1.030)
     steady_late = key(0.998, 0.998, 1.004)  # below 1.0, but its CI reaches it: agreement decides
@@ -120,11 +118,9 @@ def test_snapshot_pick_ranks_by_agreement_once_the_score_or_its_ci_reaches_the_t
 
 
 def test_students_of_lookahead_labels_are_picked_by_score_past_the_target_too():
-    from types import SimpleNamespace
+    from kd_system.checkpoints.selection import SnapshotSelection
 
-    from kd_system.launch.head import Head
-
-    head = SimpleNamespace(config=SimpleNamespace(head=SimpleNamespace(target_score=1.0)), rank_by_agreement=False)
-    better_than_teacher = Head._selection_key(head, 1.012, 0.95, 1.02)
-    closer_to_teacher = Head._selection_key(head, 1.001, 0.99, 1.01)
+    selection = SnapshotSelection(target_score=1.0, evals_after_target=0, rank_by_agreement=False)
+    better_than_teacher = selection.key(1.012, 0.95, 1.02)
+    closer_to_teacher = selection.key(1.001, 0.99, 1.01)
     assert better_than_teacher > closer_to_teacher

@@ -100,17 +100,17 @@ def test_teacher_as_its_own_student_scores_one_with_zero_kl(teacher):
     assert teacher.spec.output_kind == "q"
     evaluator = Evaluator("CartPole-v1", teacher, heldout_states=500)
     base = evaluator.baselines(EPISODES, seed=0)
-    assert base["kl_temperature"] == 0.01 and base["heldout_states"] == 500
+    assert base.kl_temperature == 0.01 and base.heldout_states == 500
     report = evaluator.evaluate(teacher, EPISODES, seed=0)
-    assert report["student_returns"] == evaluator.reference.teacher.tolist()  # same seeds, same episodes
-    assert report["normalized_score"] == pytest.approx(1.0)
-    low, high = report["normalized_score_ci95"]
+    assert report.student_returns == evaluator.reference.teacher.tolist()  # same seeds, same episodes
+    assert report.normalized_score == pytest.approx(1.0)
+    low, high = report.normalized_score_ci95
     assert low <= 1.0 <= high
-    assert (report["normalized_score_ci95_low"], report["normalized_score_ci95_high"]) == (low, high)
-    assert report["agreement_teacher_states"] == 1.0 and report["agreement_student_states"] == 1.0
+    assert (report.normalized_score_ci95_low, report.normalized_score_ci95_high) == (low, high)
+    assert report.agreement_teacher_states == 1.0 and report.agreement_student_states == 1.0
     # a q student is read at the teacher's temperature: the same Q-values give the same softmax
-    assert report["kl_teacher_states"] == pytest.approx(0.0, abs=1e-6)
-    assert report["kl_student_states"] == pytest.approx(0.0, abs=1e-6)
+    assert report.kl_teacher_states == pytest.approx(0.0, abs=1e-6)
+    assert report.kl_student_states == pytest.approx(0.0, abs=1e-6)
 
 
 def test_evaluate_pairs_with_its_own_seeds_when_baselines_used_others(teacher):
@@ -118,7 +118,7 @@ def test_evaluate_pairs_with_its_own_seeds_when_baselines_used_others(teacher):
     evaluator.baselines(EPISODES, seed=0)
     report = evaluator.evaluate(teacher, 2, seed=77)
     assert (evaluator.reference.episodes, evaluator.reference.seed) == (2, 77)
-    assert report["normalized_score"] == pytest.approx(1.0) and report["normalized_score_ci95"] == pytest.approx([1.0, 1.0])
+    assert report.normalized_score == pytest.approx(1.0) and report.normalized_score_ci95 == pytest.approx([1.0, 1.0])
     assert len(evaluator.heldout_obs) == 200  # the held-out states still come from baselines()
 
 
@@ -128,19 +128,19 @@ def test_kl_depends_on_reading_the_student_at_the_learner_temperature(teacher):
     evaluator = Evaluator("CartPole-v1", teacher, heldout_states=300, student_temperature=1.0)
     evaluator.baselines(2, seed=0)
     report = evaluator.evaluate(teacher, 2, seed=0)
-    assert report["agreement_teacher_states"] == 1.0 and report["kl_teacher_states"] > 0.01
-    assert math.isnan(report["disagreement_margin_teacher_states"])
+    assert report.agreement_teacher_states == 1.0 and report.kl_teacher_states > 0.01
+    assert math.isnan(report.disagreement_margin_teacher_states)
 
 
 def test_a_bad_student_is_told_apart(teacher):
     evaluator = Evaluator("CartPole-v1", teacher, heldout_states=500)
     evaluator.baselines(EPISODES, seed=0)
     report = evaluator.evaluate(always_left_student(), EPISODES, seed=0)
-    low, high = report["normalized_score_ci95"]
-    assert report["student_return_mean"] < 20 and low <= report["normalized_score"] <= high < 0.1
-    assert report["agreement_teacher_states"] < 1.0 and report["agreement_student_states"] < 1.0
+    low, high = report.normalized_score_ci95
+    assert report.student_return_mean < 20 and low <= report.normalized_score <= high < 0.1
+    assert report.agreement_teacher_states < 1.0 and report.agreement_student_states < 1.0
     # student softmax([1, 0]) = [0.731, 0.269]; the KL is at most -ln 0.269 = 1.313 (teacher sure of action 1)
     for key in ("kl_teacher_states", "kl_student_states"):
-        assert 0.0 < report[key] <= 1.3133
+        assert 0.0 < getattr(report, key) <= 1.3133
     # it differs where the teacher is sure (pushing right), not only at the teacher's near-ties
-    assert report["disagreement_margin_teacher_states"] > 0.2
+    assert report.disagreement_margin_teacher_states > 0.2

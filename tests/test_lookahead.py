@@ -12,11 +12,13 @@ from kd_system.config import LearnerConfig, from_dict, resolve_teacher_path
 from kd_system.envs.make import make_env
 from kd_system.errors import ConfigError
 from kd_system.learner.learner import Learner, LearnerTask
-from kd_system.actors.lookahead import LookaheadSettings, RolloutLabeller, check_copyable, improved_logits
+from kd_system.actors.lookahead import LookaheadSettings, RolloutLabeller, improved_logits
+from kd_system.envs.copying import check_copyable
 from kd_system.learner.losses import kl_divergence
 from kd_system.policies.files import FrozenPolicy, PolicySpec, load_bundle
 from kd_system.launch.preparation import prepare
-from kd_system.replay.store import ReplayStore, StoreAddress
+from kd_system.replay.connection import StoreAddress
+from kd_system.replay.table import ReplayTable
 
 
 @pytest.fixture(scope="module")
@@ -113,15 +115,15 @@ def test_collector_stores_improved_labels_and_counts_rollout_steps(redis_url, ru
         report = collector.collect(1.0)
     finally:
         collector.close()
-    store = ReplayStore.from_address(address)
+    store = ReplayTable(address)
     try:
-        assert report["states_written"] >= 32
-        assert 0 < report["rollout_steps"] <= report["env_steps"] * 3 * 20  # 3 actions, at most 20 steps each
+        assert report.states_written >= 32
+        assert 0 < report.rollout_steps <= report.env_steps * 3 * 20  # 3 actions, at most 20 steps each
         batch = store.sample(32, np.random.default_rng(0))
-        teacher_log_probs = torch.log_softmax(torch.as_tensor(acrobot_teacher.outputs(batch["obs"])), -1).numpy()
-        gains = batch["teacher_out"] - teacher_log_probs  # (Q - max Q) / eta: <= 0, 0 at the best action
+        teacher_log_probs = torch.log_softmax(torch.as_tensor(acrobot_teacher.outputs(batch.obs)), -1).numpy()
+        gains = batch.teacher_out - teacher_log_probs  # (Q - max Q) / eta: <= 0, 0 at the best action
         assert np.all(gains <= 1e-4) and np.allclose(gains.max(axis=1), 0.0, atol=1e-4)
-        np.testing.assert_array_equal(batch["action"], batch["teacher_out"].argmax(axis=1))  # the improved policy acts
+        np.testing.assert_array_equal(batch.action, batch.teacher_out.argmax(axis=1))  # the improved policy acts
     finally:
         store.clear()
         store.close()

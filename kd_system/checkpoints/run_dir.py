@@ -18,6 +18,7 @@ import torch
 from kd_system.config import RunConfig, load_config, save_config
 from kd_system.errors import CheckpointError, ConfigError
 from kd_system.policies.files import PolicyBundle, load_bundle, save_bundle
+from kd_system.types import LearnerState
 
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "run_state.json"
@@ -75,19 +76,19 @@ class RunDirectory:
     def write_state(self, state: dict[str, Any]) -> None:
         _write_json(self.state_path, state)
 
-    def write_snapshot(self, learner_state: dict[str, Any], counters: dict[str, Any], task_names: list[str]) -> Path:
-        path = self.snapshots_dir / f"update-{learner_state['updates']:09d}"
+    def write_snapshot(self, learner_state: LearnerState, counters: dict[str, Any], task_names: list[str]) -> Path:
+        path = self.snapshots_dir / f"update-{learner_state.updates:09d}"
         tmp = path.with_name(path.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        students = learner_state["students"]
+        students = learner_state.students
         if len(students) == 1:
             save_bundle(tmp, students[0])
         else:
             for name, bundle in zip(task_names, students):
                 save_bundle(tmp / name, bundle)
-        (tmp / OPTIMIZER_FILE).write_bytes(learner_state["optimizer"])
-        _write_json(tmp / COUNTERS_FILE, {**counters, "updates": learner_state["updates"], "tasks": task_names,
-                                          "samples": learner_state["samples"], "written_at": time.time()})
+        (tmp / OPTIMIZER_FILE).write_bytes(learner_state.optimizer)
+        _write_json(tmp / COUNTERS_FILE, {**counters, "updates": learner_state.updates, "tasks": task_names,
+                                          "samples": learner_state.samples, "written_at": time.time()})
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)  # a snapshot appears whole or not at all
         return path

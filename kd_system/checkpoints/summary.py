@@ -8,10 +8,15 @@ score, plus every task's own figures under ``<task>.<key>`` so they reach the me
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from kd_system.launch.preparation import PreparedTask
 from kd_system.evaluation.scores import mean_score_ci95
+from kd_system.policies.files import PolicySpec
+from kd_system.types import Baselines, EvalReport
+
+if TYPE_CHECKING:
+    from kd_system.checkpoints.progress import RunProgress
 
 _MEANED = ("normalized_score", "agreement_teacher_states", "agreement_student_states",
            "kl_teacher_states", "kl_student_states")
@@ -26,7 +31,21 @@ def _or_nan(value: float | None) -> float:
     return math.nan if value is None else value
 
 
+class TaskFacts(Protocol):
+    """What the summary says about a task's set-up (launch.preparation.PreparedTask has it): a
+    protocol, so checkpoints/ need not import the launch stage."""
+    @property
+    def env_id(self) -> str: ...
+    @property
+    def teacher_path(self) -> str: ...
+    @property
+    def teacher_params(self) -> int: ...
+    @property
+    def student_spec(self) -> PolicySpec: ...
+
+
 def combine_reports(names: list[str], reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """``reports``: each task's evaluation as the metrics log keeps it (``EvalReport.record()``)."""
     if len(reports) == 1:
         return dict(reports[0])
     combined: dict[str, Any] = {key: _mean([r.get(key) for r in reports]) for key in _MEANED}
@@ -43,22 +62,22 @@ def combine_reports(names: list[str], reports: list[dict[str, Any]]) -> dict[str
     return combined
 
 
-def task_summary(task: PreparedTask, baselines: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+def task_summary(task: TaskFacts, baselines: Baselines, final: EvalReport) -> dict[str, Any]:
     """What summary.json says about one task's student after the final evaluation."""
     return {
         "env_id": task.env_id, "teacher_checkpoint": task.teacher_path,
         "labels": task.student_spec.model_card.get("labels", "teacher"),
         "teacher_params": task.teacher_params, "student_params": task.student_spec.num_params,
         "student_param_fraction": task.student_spec.num_params / task.teacher_params,
-        "teacher_return_mean": baselines["teacher_return_mean"], "teacher_return_std": baselines["teacher_return_std"],
-        "student_return_mean": final["student_return_mean"], "student_return_std": final["student_return_std"],
-        "random_return_mean": baselines["random_return_mean"], "normalized_score": final["normalized_score"],
-        "normalized_score_ci95": final["normalized_score_ci95"],
-        "agreement_teacher_states": final.get("agreement_teacher_states"),
-        "agreement_student_states": final.get("agreement_student_states"),
-        "kl_teacher_states": final.get("kl_teacher_states"), "kl_student_states": final.get("kl_student_states"),
-        "disagreement_margin_teacher_states": final.get("disagreement_margin_teacher_states"),
-        "disagreement_margin_student_states": final.get("disagreement_margin_student_states"),
+        "teacher_return_mean": baselines.teacher_return_mean, "teacher_return_std": baselines.teacher_return_std,
+        "student_return_mean": final.student_return_mean, "student_return_std": final.student_return_std,
+        "random_return_mean": baselines.random_return_mean, "normalized_score": final.normalized_score,
+        "normalized_score_ci95": final.normalized_score_ci95,
+        "agreement_teacher_states": final.agreement_teacher_states,
+        "agreement_student_states": final.agreement_student_states,
+        "kl_teacher_states": final.kl_teacher_states, "kl_student_states": final.kl_student_states,
+        "disagreement_margin_teacher_states": final.disagreement_margin_teacher_states,
+        "disagreement_margin_student_states": final.disagreement_margin_student_states,
     }
 
 
@@ -77,4 +96,32 @@ def run_scores(tasks: list[dict[str, Any]], teacher_params: int, student_params:
         "agreement_teacher_states": _mean([t["agreement_teacher_states"] for t in tasks]),
         "agreement_student_states": _mean([t["agreement_student_states"] for t in tasks]),
         "tasks": tasks,
+    }
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """How this session ran and ended, as the head knows it."""
+    eval_episodes: int  # of the final evaluation
+    eval_seed: int
+    stop_reason: str | None
+    loss: str
+    acting: str
+    learner_device: str
+    store_bytes_per_state: float
+    resumed: bool
+    placement: dict[str, Any] | None  # node ids of the components (launch.topology.placement)
+
+
+def run_summary(scores: dict[str, Any], progress: "RunProgress", session: SessionFacts) -> dict[str, Any]:
+    """summary.json: the final scores (``run_scores``), the run's counters and the snapshot scored."""
+    counters, best = progress.counters, progress.selection.best
+    return {
+        **scores, "eval_episodes": session.eval_episodes, "eval_seed": session.eval_seed,
+        **counters.persistent(), "learner_updates": counters.updates,
+        "wall_s": progress.wall_s(), "session_wall_s": progress.elapsed(),
+        "best_checkpoint": best.path, "best_checkpoint_selection_score": best.score,
+        "stop_reason": session.stop_reason, "loss": session.loss, "acting": session.acting,
+        "learner_device": session.learner_device, "store_bytes_per_state": session.store_bytes_per_state,
+        "evaluations": progress.selection.evaluations, "resumed": session.resumed, "placement": session.placement,
     }

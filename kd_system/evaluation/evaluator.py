@@ -17,6 +17,7 @@ from kd_system.evaluation.episodes import random_act_fn, run_episodes
 from kd_system.learner.losses import kl_divergence, resolve_temperature
 from kd_system.policies.files import FrozenPolicy, PolicyBundle, PolicySpec
 from kd_system.evaluation.scores import disagreement_margin, greedy_agreement, normalized_score, paired_score_error, t_interval95
+from kd_system.types import Baselines, EvalReport
 
 __all__ = ["Evaluator", "ReferenceReturns", "normalized_score"]
 
@@ -54,13 +55,13 @@ class Evaluator:
         self.reference = ReferenceReturns(episodes, seed, teacher.returns, random.returns)
         return self.reference
 
-    def baselines(self, episodes: int, seed: int) -> dict:
+    def baselines(self, episodes: int, seed: int) -> Baselines:
         """Teacher and random-policy returns on seeds [seed, seed + episodes); records held-out states."""
         ref = self._run_reference(episodes, seed, self.heldout_states)
-        return {"teacher_return_mean": float(ref.teacher.mean()), "teacher_return_std": float(ref.teacher.std()),
-                "random_return_mean": float(ref.random.mean()), "random_return_std": float(ref.random.std()),
-                "episodes": episodes, "seed": seed, "kl_temperature": self.temperature,
-                "heldout_states": 0 if self.heldout_obs is None else len(self.heldout_obs)}
+        return Baselines(teacher_return_mean=float(ref.teacher.mean()), teacher_return_std=float(ref.teacher.std()),
+                         random_return_mean=float(ref.random.mean()), random_return_std=float(ref.random.std()),
+                         episodes=episodes, seed=seed, kl_temperature=self.temperature,
+                         heldout_states=0 if self.heldout_obs is None else len(self.heldout_obs))
 
     def _student_temperature(self, spec: PolicySpec) -> float:
         # A student that regresses Q-values ("q" output kind) is read like its teacher; one trained
@@ -76,7 +77,7 @@ class Evaluator:
                            self._student_temperature(student.spec))
         return greedy_agreement(student_out, teacher_out), float(kl), disagreement_margin(student_out, teacher_out)
 
-    def evaluate(self, student_bundle: PolicyBundle, episodes: int, seed: int) -> dict:
+    def evaluate(self, student_bundle: PolicyBundle, episodes: int, seed: int) -> EvalReport:
         ref = self.reference
         if ref is None or (ref.episodes, ref.seed) != (episodes, seed):  # pair with the same seeds, always
             ref = self._run_reference(episodes, seed, heldout_limit=0)
@@ -85,21 +86,18 @@ class Evaluator:
         score = normalized_score(result.mean, float(ref.teacher.mean()), float(ref.random.mean()))
         error, dof = paired_score_error(result.returns, ref.teacher, ref.random)
         low, high = t_interval95(score, error, dof)
-        report = {"student_return_mean": result.mean, "student_return_std": result.std,
-                  "student_returns": result.returns.tolist(), "episodes": episodes, "seed": seed,
-                  "env_steps": result.env_steps, "teacher_return_mean": float(ref.teacher.mean()),
-                  "random_return_mean": float(ref.random.mean()),
-                  "normalized_score": score,
-                  "normalized_score_ci95": [low, high],
-                  # the bounds again as scalars: TensorBoard plots scalars only
-                  "normalized_score_ci95_low": low, "normalized_score_ci95_high": high,
-                  # what a multi-task run needs to put an interval on its mean over tasks
-                  "normalized_score_se": error, "normalized_score_dof": dof}
+        on_teacher_states = on_student_states = (None, None, None)  # nothing to compare on
         if self.heldout_obs is not None:
-            (report["agreement_teacher_states"], report["kl_teacher_states"],
-             report["disagreement_margin_teacher_states"]) = self._compare(student, self.heldout_obs, self.heldout_teacher_out)
+            on_teacher_states = self._compare(student, self.heldout_obs, self.heldout_teacher_out)
         if result.visited_obs is not None:
-            (report["agreement_student_states"], report["kl_student_states"],
-             report["disagreement_margin_student_states"]) = self._compare(
-                student, result.visited_obs, self.teacher.outputs(result.visited_obs))
-        return report
+            on_student_states = self._compare(student, result.visited_obs, self.teacher.outputs(result.visited_obs))
+        return EvalReport(
+            student_return_mean=result.mean, student_return_std=result.std, student_returns=result.returns.tolist(),
+            episodes=episodes, seed=seed, env_steps=result.env_steps, teacher_return_mean=float(ref.teacher.mean()),
+            random_return_mean=float(ref.random.mean()), normalized_score=score, normalized_score_ci95=[low, high],
+            normalized_score_ci95_low=low, normalized_score_ci95_high=high, normalized_score_se=error,
+            normalized_score_dof=dof,
+            agreement_teacher_states=on_teacher_states[0], kl_teacher_states=on_teacher_states[1],
+            disagreement_margin_teacher_states=on_teacher_states[2],
+            agreement_student_states=on_student_states[0], kl_student_states=on_student_states[1],
+            disagreement_margin_student_states=on_student_states[2])

@@ -11,7 +11,7 @@ from typing import Any
 import ray
 
 from kd_system.actors.behaviour import TeacherShareSchedule
-from kd_system.launch.cluster_info import actors_per_task
+from kd_system.launch.cluster_info import actors_per_task, learner_gpus_for
 from kd_system.actors.collector import Collector, CollectorSettings
 from kd_system.config import RunConfig, limiter_of
 from kd_system.errors import ConfigError, KDError
@@ -19,19 +19,21 @@ from kd_system.evaluation.evaluator import Evaluator
 from kd_system.metrics import say
 from kd_system.learner.learner import Learner, LearnerTask
 from kd_system.launch.preparation import Prepared
-from kd_system.replay.store import StoreAddress
+from kd_system.replay.connection import StoreAddress
 
 # Workers inherit these so that fractional-CPU actors do not each spawn a full thread pool.
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def connect_ray(address: str | None) -> bool:
+def connect_ray(address: str | None, num_cpus: int | None = None, quiet: bool = False) -> bool:
     """Join the cluster at ``address`` (else at $RAY_ADDRESS, which Ray sets for a job's driver) or
-    start a local one; returns True if this process connected Ray (and so shuts it down)."""
+    start a local one (with ``num_cpus`` CPU slots; None: Ray counts the cores); returns True if
+    this process connected Ray (and so shuts it down). ``quiet``: workers' output stays in Ray's
+    logs and Ray itself logs errors only, so a report printed by this process stays readable."""
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
-                              "runtime_env": {"env_vars": WORKER_ENV}}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet,
+                              "runtime_env": {"env_vars": WORKER_ENV}, **({"logging_level": "ERROR"} if quiet else {})}
     where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS', '')}"
     if address or os.environ.get("RAY_ADDRESS"):
         try:
@@ -45,7 +47,7 @@ def connect_ray(address: str | None) -> bool:
                           "start it with `ray start --head` or fix the address") from None
     else:
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        ray.init(**kwargs)
+        ray.init(num_cpus=num_cpus, **kwargs)
     _interrupt_on_sigterm()
     return True
 
@@ -73,8 +75,10 @@ def _resources(name: str | None) -> dict[str, float]:
     return {name: 0.001} if name else {}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Components:
+    """Handles of the run's Ray actors. Frozen, but for ``collectors``: the head replaces a dead
+    collector in that list, in place, so every reader sees the live one."""
     collectors: list[Any]
     collector_tasks: list[int]  # the task index each collector works for
     learner: Any
@@ -83,16 +87,13 @@ class Components:
 
 
 def learner_gpus(config: RunConfig) -> float:
-    if config.learner.device == "cpu":
-        return 0.0
-    if ray.cluster_resources().get("GPU", 0) >= 1:
-        return 1.0
-    if config.learner.device == "cuda" and config.learner.ray_resource:
-        # Pinned to GPU nodes that are not up yet: asking for the GPU makes an autoscaler start one.
+    """cluster_info.learner_gpus_for on the live cluster, saying so when the learner waits for a GPU node."""
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+    gpus = learner_gpus_for(config, cluster_gpus)
+    if gpus and cluster_gpus < 1:
         say(f"learner.device=cuda and no GPU in the cluster yet: the learner waits for a node offering "
             f"{config.learner.ray_resource} with a GPU")
-        return 1.0
-    return 0.0
+    return gpus
 
 
 def collector_settings(config: RunConfig, actor_id: int, task_index: int = 0,

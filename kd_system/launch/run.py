@@ -1,0 +1,89 @@
+"""A run's lifetime in this process: check everything, start the stores, Ray and the components,
+continue from the latest snapshot when resuming, hand it all to the head to supervise, and stop
+everything again, whatever happens."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+
+from kd_system.checkpoints.progress import RunCounters, RunProgress, resume_point
+from kd_system.checkpoints.run_dir import RunDirectory
+from kd_system.checkpoints.selection import SnapshotSelection
+from kd_system.config import RunConfig
+from kd_system.launch.head import Head
+from kd_system.launch.preparation import Prepared, prepare
+from kd_system.launch.stores import RunStores
+from kd_system.launch.topology import Components, connect_ray, placement, start_components, stop_components
+from kd_system.metrics import MetricsLog, say
+
+
+def run(config: RunConfig, run_dir: RunDirectory, address: str | None = None, resumed: bool = False) -> dict[str, Any]:
+    """Distil until a stop condition holds; returns the summary (also in the run's summary.json)."""
+    started = time.perf_counter()  # the run's wall time counts Ray's start-up too
+    prepared = prepare(config)
+    whose = "the teacher's" if not prepared.multi_task else f"the {len(prepared.tasks)} teachers' combined"
+    say(f"run directory {run_dir.root}; student {prepared.student_params} params = "
+        f"{prepared.student_params / prepared.teacher_params:.1%} of {whose} {prepared.teacher_params}")
+    stores: RunStores | None = None
+    components: Components | None = None
+    metrics: MetricsLog | None = None
+    started_ray = False
+    try:
+        stores = RunStores(config, run_dir.root.name, prepared, resumed)
+        started_ray = connect_ray(address)
+        local = started_ray and not (address or os.environ.get("RAY_ADDRESS"))
+        components = start_components(config, prepared, stores.addresses, fixed_cluster=local)
+        metrics = MetricsLog(run_dir.metrics_path, run_dir.tensorboard_dir)
+        where = placement(components)
+        say(f"placement: learner on node {where['learner'][:8]}, actors on "
+            f"{sorted({node[:8] for node in where['actors']})}")
+        progress = _progress(config, run_dir, prepared, components, resumed, started)
+        head = Head(config, prepared, components, stores, progress, metrics, where, resumed)
+        head.supervise()
+        summary = head.finish()
+        _say_outcome(summary, prepared, run_dir)
+        return summary
+    finally:
+        if components is not None:
+            stop_components(components)
+        if metrics is not None:
+            metrics.close()
+        if started_ray:
+            ray.shutdown()
+        if stores is not None:
+            stores.close()
+
+
+def _progress(config: RunConfig, run_dir: RunDirectory, prepared: Prepared, components: Components,
+              resumed: bool, started: float) -> RunProgress:
+    """The run's bookkeeping; a resumed run continues its latest snapshot, learner included."""
+    point = resume_point(run_dir) if resumed else None
+    if point is not None:
+        ray.get(components.learner.load_state.remote(point.student_weights, point.optimizer, point.updates,
+                                                     point.samples))
+        say(f"resumed from {point.snapshot} at update {point.updates}")
+    elif resumed:
+        say("resume: no snapshot yet, starting the student from scratch")
+    # students of lookahead labels are meant to depart from the teacher: see selection_key
+    rank_by_agreement = not any(task.lookahead is not None for task in prepared.tasks)
+    selection = SnapshotSelection(config.head.target_score, config.head.evals_after_target, rank_by_agreement,
+                                  best=point.best if point else None)
+    return RunProgress(run_dir, [task.name for task in prepared.tasks], config.head.keep_snapshots, selection,
+                       point.counters if point else RunCounters(), started)
+
+
+def _say_outcome(summary: dict[str, Any], prepared: Prepared, run_dir: RunDirectory) -> None:
+    for task in summary.get("tasks", [summary]):
+        low, high = task["normalized_score_ci95"]
+        say(f"{task['env_id']}: student {task['student_return_mean']:.1f} vs teacher {task['teacher_return_mean']:.1f} "
+            f"(random {task['random_return_mean']:.1f}) -> normalized {task['normalized_score']:.3f} "
+            f"(95% CI [{low:.3f}, {high:.3f}])")
+    outcome = f"normalized score {summary['normalized_score']:.3f}"
+    if prepared.multi_task:
+        low, high = summary["normalized_score_ci95"]
+        outcome = (f"mean normalized score over tasks {summary['normalized_score']:.3f} (95% CI [{low:.3f}, "
+                   f"{high:.3f}]), worst task {summary['normalized_score_min']:.3f}")
+    say(f"done ({summary['stop_reason']}): {outcome}; summary in {run_dir.summary_path}")
