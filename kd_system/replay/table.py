@@ -131,55 +131,61 @@ class ReplayTable:
                timeout_s: float = 0.0) -> LabelledStates | None:
         """batch_size states drawn uniformly with replacement from chunks_per_sample random filled
         slots, once the limiter allows; None if it still did not (or the table held no states)
-        after ``timeout_s``."""
+        after ``timeout_s``. Two round trips: the counters, then the slots with the sample count."""
         start = time.perf_counter()
         while True:
-            if self._reserve(batch_size):
+            filled = self._reserve(batch_size)
+            if filled:
                 try:
-                    batch = self._draw(batch_size, rng, chunks_per_sample)
+                    batch = self._draw(batch_size, rng, chunks_per_sample, filled)
                 except BaseException:
                     self._release(batch_size)
                     raise
                 if batch is not None:
                     return batch
+            if filled is not None:
                 self._release(batch_size)
             if time.perf_counter() - start >= timeout_s:
                 return None
             time.sleep(POLL_S)
 
-    def _reserve(self, batch_size: int) -> bool:
-        if self.limiter is None:
-            return True
+    def _reserve(self, batch_size: int) -> int | None:
+        """Filled slots, with batch_size samples reserved against the limiter; None while it refuses."""
+        ns = self._ns
+        if self.limiter is None and self._ring_full:
+            return self.num_slots  # nothing to read: every slot holds a chunk
         with self._lock:
-            with self._ns.guard("reading the rate limiter's counters"):
-                self.inserted = int(self._ns.redis.get(self._ns.key("states")) or 0)
+            with ns.guard("reading the replay counters"):
+                states, chunks = ns.redis.mget([ns.key("states"), ns.key("chunks")])
+            self.inserted = int(states or 0)
+            filled = min(int(chunks or 0), self.num_slots)
+            self._ring_full = filled == self.num_slots
+            if self.limiter is None:
+                return filled
             allowed = self.limiter.can_sample(self.inserted, self.sampled, batch_size)
             self.held_by_limiter = not allowed
-            if allowed:
-                self.sampled += batch_size
-                self._publish_sampled()
-            return allowed
+            if not allowed:
+                return None
+            self.sampled += batch_size  # published with the slots' read (see _draw)
+            return filled
 
     def _release(self, batch_size: int) -> None:
+        """Give back a reservation that drew nothing (an empty or cleared table)."""
         if self.limiter is not None:
             with self._lock:
                 self.sampled -= batch_size
-                self._publish_sampled()
+                with self._ns.guard("syncing the rate limiter"):
+                    self._ns.redis.set(self._ns.key("sampled"), self.sampled)
 
-    def _publish_sampled(self) -> None:
-        with self._ns.guard("syncing the rate limiter"):
-            self._ns.redis.set(self._ns.key("sampled"), self.sampled)
-
-    def _draw(self, batch_size: int, rng: np.random.Generator, chunks_per_sample: int) -> LabelledStates | None:
+    def _draw(self, batch_size: int, rng: np.random.Generator, chunks_per_sample: int,
+              filled: int) -> LabelledStates | None:
         ns = self._ns
+        slots = rng.choice(filled, size=min(chunks_per_sample, filled), replace=False)
         with ns.guard("sampling"):
-            filled = self.num_slots if self._ring_full else \
-                min(int(ns.redis.get(ns.key("chunks")) or 0), self.num_slots)
-            self._ring_full = filled == self.num_slots
-            if filled == 0:
-                return None
-            slots = rng.choice(filled, size=min(chunks_per_sample, filled), replace=False)
-            blobs = ns.redis.mget([ns.key(f"slot:{s}") for s in slots])
+            pipe = ns.redis.pipeline(transaction=False).mget([ns.key(f"slot:{s}") for s in slots])
+            if self.limiter is not None:  # the actors' inserts read it: one round trip with the slots
+                pipe.set(ns.key("sampled"), self.sampled)
+            blobs = pipe.execute()[0]
         # A slot reserved but not yet written reads as None: skip it.
         parts = [p for p in (self._states_in(b) for b in blobs if b is not None) if len(p)]
         if not parts:
