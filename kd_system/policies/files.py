@@ -20,6 +20,7 @@ from safetensors.torch import save as save_bytes
 
 from kd_system.errors import CheckpointError
 from kd_system.policies.networks import build_network, count_parameters
+from kd_system.policies.opaque import OPAQUE_FILES, is_opaque, load_opaque
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -39,6 +40,8 @@ class PolicySpec:
     network: dict[str, Any]
     num_params: int = 0
     model_card: dict[str, Any] = field(default_factory=dict)
+    # What an imported teacher was trained on (teachers/imports/protocol.py); empty: kd_system's own pipeline.
+    protocol: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -65,6 +68,7 @@ class PolicySpec:
                 network=dict(data["network"]),
                 num_params=int(data.get("num_params", 0)),
                 model_card=dict(data.get("model_card", {})),
+                protocol=dict(data.get("protocol", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source} is missing or has a bad field: {exc}") from None
@@ -79,21 +83,52 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
     os.replace(tmp, path)
 
 
+def weights_file(spec: PolicySpec) -> str:
+    """model.safetensors for our network kinds; the file's own name for opaque teachers."""
+    return OPAQUE_FILES.get(spec.network.get("kind"), WEIGHTS_FILE)
+
+
 def module_to_bytes(module: torch.nn.Module) -> bytes:
     return save_bytes({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
 
 
+def _state_mismatch(spec: PolicySpec, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """The first difference between the weights and the spec's network, naming the layer and the spec field."""
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    fields = (f"network {spec.network.get('kind')} {json.dumps({k: v for k, v in spec.network.items() if k != 'kind'})}, "
+              f"obs_shape {list(spec.obs_shape)}, num_actions {spec.num_actions}")
+    if missing:
+        return f"layer {missing[0]} is missing ({len(missing)} missing in all) for the spec's {fields}"
+    if unexpected:
+        return f"layer {unexpected[0]} is not in the spec's network ({len(unexpected)} unknown in all; spec: {fields})"
+    weight_keys = [key for key in expected if key.endswith("weight")]
+    for key, want in expected.items():
+        got = state[key]
+        if tuple(got.shape) != tuple(want.shape):
+            head = key.rsplit(".", 1)[0] == weight_keys[-1].rsplit(".", 1)[0]
+            hint = ("num_actions" if head and got.shape[0] != want.shape[0] else
+                    "obs_shape" if key == weight_keys[0] and got.dim() == want.dim() == 2 and got.shape[1] != want.shape[1]
+                    else "network")
+            return (f"layer {key} has shape {list(got.shape)} but the spec's {hint} gives {list(want.shape)} "
+                    f"(spec: {fields}); fix {hint} in spec.json or re-export the weights")
+        if not got.dtype.is_floating_point:
+            return f"layer {key} holds {got.dtype} values; weights must be floating point (re-export as float32)"
+    return None
+
+
 def module_from_bytes(spec: PolicySpec, weights: bytes, source: str) -> torch.nn.Module:
+    if is_opaque(spec.network):
+        return load_opaque(spec.network, spec.num_actions, weights, source)
     try:
         state = load_bytes(weights)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{source} cannot be read ({exc}); the checkpoint is corrupt") from None
     module = build_network(spec.network, spec.obs_shape, spec.num_actions)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{source} does not match the network in its spec: {first_line}") from None
+    problem = _state_mismatch(spec, module.state_dict(), state)
+    if problem is not None:
+        raise CheckpointError(f"{source} does not match the network in its spec: {problem}")
+    module.load_state_dict(state, strict=True)
     return module.eval()
 
 
@@ -115,7 +150,7 @@ def save_bundle(directory: str | os.PathLike, bundle: PolicyBundle) -> Path:
     """Weights first, spec last, each by atomic rename: a half-written checkpoint has no spec."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out / WEIGHTS_FILE, bundle.weights)
+    _atomic_write_bytes(out / weights_file(bundle.spec), bundle.weights)
     _atomic_write_bytes(out / SPEC_FILE, json.dumps(bundle.spec.to_json(), indent=2).encode() + b"\n")
     return out
 
@@ -126,10 +161,18 @@ def save_policy(directory: str | os.PathLike, spec: PolicySpec, module: torch.nn
 
 def read_spec(directory: str | os.PathLike) -> PolicySpec:
     path = Path(directory) / SPEC_FILE
+    if Path(directory).is_file():
+        raise CheckpointError(f"checkpoint {directory} is a file, not a kd_system checkpoint directory; convert it with "
+                              f"`kd-system teacher import {directory} --env ENV_ID --out DIR` (Stable-Baselines3 .zip, "
+                              "CleanRL .cleanrl_model, TorchScript, ONNX), or give it to `kd-system run` as "
+                              "teacher.checkpoint, which imports it on the fly")
     if not Path(directory).is_dir():
-        raise CheckpointError(f"checkpoint {directory} does not exist or is not a directory; pass a checkpoint directory")
+        raise CheckpointError(f"checkpoint {directory} does not exist; pass a checkpoint directory (spec.json + "
+                              "model.safetensors) or a file to import")
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing: {directory} is not a kd_system checkpoint")
+        raise CheckpointError(f"{path} is missing: {directory} is not a kd_system checkpoint; if it is an RLlib "
+                              f"checkpoint, import it with `kd-system teacher import {directory} --env ENV_ID "
+                              "--out DIR --trust-pickle`")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -139,7 +182,7 @@ def read_spec(directory: str | os.PathLike) -> PolicySpec:
 
 def load_bundle(directory: str | os.PathLike) -> PolicyBundle:
     spec = read_spec(directory)
-    weights_path = Path(directory) / WEIGHTS_FILE
+    weights_path = Path(directory) / weights_file(spec)
     if not weights_path.is_file():
         raise CheckpointError(f"{weights_path} is missing; the checkpoint is incomplete")
     bundle = PolicyBundle(spec, weights_path.read_bytes())

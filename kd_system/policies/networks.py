@@ -24,9 +24,14 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 
 class MLP(nn.Module):
-    """Linear layers with activations between them; outputs one value per action."""
+    """Linear layers with activations between them; outputs one value per action.
 
-    def __init__(self, obs_dim: int, num_actions: int, hidden: list[int], activation: str = "relu"):
+    ``obs_norm`` (``{"clip": 10.0, "epsilon": 1e-8}``) standardises observations first with the
+    running mean and variance held in the ``obs_mean``/``obs_var`` buffers: a teacher trained
+    behind Stable-Baselines3's VecNormalize carries its statistics inside the network."""
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden: list[int], activation: str = "relu",
+                 obs_norm: dict[str, float] | None = None):
         super().__init__()
         sizes = [obs_dim, *hidden]
         layers: list[nn.Module] = []
@@ -34,9 +39,17 @@ class MLP(nn.Module):
             layers += [nn.Linear(size_in, size_out), _ACTIVATIONS[activation]()]
         layers.append(nn.Linear(sizes[-1], num_actions))
         self.layers = nn.Sequential(*layers)
+        self.obs_norm = dict(obs_norm) if obs_norm else None
+        if self.obs_norm is not None:
+            self.register_buffer("obs_mean", torch.zeros(obs_dim))
+            self.register_buffer("obs_var", torch.ones(obs_dim))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.layers(obs.flatten(1).float())
+        x = obs.flatten(1).float()
+        if self.obs_norm is not None:
+            clip = float(self.obs_norm["clip"])
+            x = ((x - self.obs_mean) / torch.sqrt(self.obs_var + float(self.obs_norm["epsilon"]))).clamp(-clip, clip)
+        return self.layers(x)
 
 
 def _build_mlp(spec: dict[str, Any], obs_shape: tuple[int, ...], num_actions: int) -> nn.Module:
@@ -51,19 +64,24 @@ def _build_mlp(spec: dict[str, Any], obs_shape: tuple[int, ...], num_actions: in
         )
     if any(h <= 0 for h in hidden):
         raise CheckpointError(f"network.hidden {hidden} must list positive layer widths")
-    return MLP(obs_dim, num_actions, hidden, activation)
+    obs_norm = spec.get("obs_norm")
+    if obs_norm is not None and not (isinstance(obs_norm, dict) and {"clip", "epsilon"} <= set(obs_norm)):
+        raise CheckpointError(f"network.obs_norm {obs_norm!r} must be a mapping with clip and epsilon")
+    return MLP(obs_dim, num_actions, hidden, activation, obs_norm)
 
 
 class ConvNet(nn.Module):
     """Conv layers, then fully connected layers, then one output per action, ReLU between them.
 
-    Inputs are frames in pixel units (0..255), uint8 or float: ``forward`` scales by 1/255, so
-    uint8 stacks travel from the env through the store to the learner's device at 1 byte a pixel.
+    Inputs are frames in pixel units (0..255), uint8 or float: ``forward`` scales by
+    ``input_scale`` (1/255 unless an imported teacher was trained on other units), so uint8
+    stacks travel from the env through the store to the learner's device at 1 byte a pixel.
     """
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, channels: list[int], kernels: list[int],
-                 strides: list[int], fc: list[int], activation: str = "relu"):
+                 strides: list[int], fc: list[int], activation: str = "relu", input_scale: float = 1 / 255):
         super().__init__()
+        self.input_scale = float(input_scale)
         layers: list[nn.Module] = []
         channels_in, height, width = obs_shape
         for channels_out, kernel, stride in zip(channels, kernels, strides):
@@ -77,7 +95,9 @@ class ConvNet(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.layers(obs.float() / 255.0)
+        if self.input_scale == 1 / 255:
+            return self.layers(obs.float() / 255.0)  # division, as the libraries we import from do: bitwise parity
+        return self.layers(obs.float() * self.input_scale)
 
 
 _CNN_FIELDS = ("channels", "kernels", "strides", "fc")
@@ -117,7 +137,8 @@ def _build_cnn(spec: dict[str, Any], obs_shape: tuple[int, ...], num_actions: in
         if height < 1 or width < 1:
             raise CheckpointError(f"network.kernels[{index}] {kernel} does not fit the {obs_shape} input after "
                                   f"{index} conv layers; use smaller kernels or strides")
-    return ConvNet(obs_shape, num_actions, channels, kernels, strides, fc, activation)
+    return ConvNet(obs_shape, num_actions, channels, kernels, strides, fc, activation,
+                   float(spec.get("input_scale", 1 / 255)))
 
 
 _BUILDERS: dict[str, Callable[[dict[str, Any], tuple[int, ...], int], nn.Module]] = {
@@ -134,7 +155,9 @@ def build_network(spec: dict[str, Any], obs_shape: tuple[int, ...], num_actions:
 
 
 def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    """Trainable parameters; an opaque ONNX teacher (policies/opaque.py) reports its initializers'."""
+    override = getattr(module, "opaque_num_params", None)
+    return int(override) if override else sum(p.numel() for p in module.parameters())
 
 
 class SharedTrunkMLPs(nn.Module):
