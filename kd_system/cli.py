@@ -19,6 +19,8 @@ def _run(args: argparse.Namespace) -> int:
     from kd_system.launch.secrets import with_secrets
     from kd_system.checkpoints.run_dir import RunDirectory
 
+    if args.trust_pickle:  # the explicit opt-in: an RLlib checkpoint or a VecNormalize file as teacher
+        args.set = [*args.set, "teacher.trust_pickle=true"]
     if args.resume:
         if args.config:
             raise KDError("--resume takes the config saved in the run directory; drop --config (use --set to change settings)")
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override one setting, e.g. --set learner.lr=3e-4 (repeatable)")
     run.add_argument("--address", help="join a running Ray cluster (auto or HOST:PORT) instead of starting a local one")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its latest snapshot")
+    run.add_argument("--trust-pickle", action="store_true",
+                     help="allow a teacher that is a pickle (an RLlib checkpoint, an SB3 vecnormalize.pkl): only files you trust")
     run.set_defaults(func=_run)
 
     evaluate = commands.add_parser("eval", help="score a checkpoint (student snapshot or teacher) over N episodes")

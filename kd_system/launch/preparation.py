@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from kd_system.config import RunConfig, TaskConfig, resolve_teacher_path
 from kd_system.envs.copying import check_copyable, has_time_limit
@@ -15,6 +16,8 @@ from kd_system.metrics import say
 from kd_system.policies.network_choice import network_for
 from kd_system.policies.networks import SharedTrunkMLPs, build_network, count_parameters
 from kd_system.policies.files import PolicyBundle, PolicySpec, load_bundle
+from kd_system.teachers.imports.importer import import_on_the_fly, is_project_checkpoint
+from kd_system.teachers.imports.records import ImportOptions
 
 
 def label_kind(teacher_kind: str, lookahead: LookaheadSettings | None) -> str:
@@ -31,6 +34,7 @@ class PreparedTask:
     teacher_params: int
     student_spec: PolicySpec  # this task's view of the student: a plain MLP checkpoint
     lookahead: LookaheadSettings | None = None  # set: states are labelled by the rollout-improved teacher
+    imported: bool = False  # the teacher came from another library's file: run.py keeps the converted copy
 
     @property
     def label_kind(self) -> str:
@@ -65,18 +69,30 @@ def _field(config: RunConfig, index: int, key: str) -> str:
     return {"env": "env.id", "teacher": "teacher.checkpoint", "lookahead": "lookahead.enabled"}[key]
 
 
-def _load_teacher(config: RunConfig, index: int, task: TaskConfig) -> tuple[PolicyBundle, str]:
+def _import_options(config: RunConfig, env_id: str) -> ImportOptions:
+    t = config.teacher
+    return ImportOptions(env_id=env_id, trust_pickle=t.trust_pickle, output_kind=t.output_kind, obs_layout=t.obs_layout,
+                         obs_scale=t.obs_scale, vecnormalize=Path(t.vecnormalize).expanduser() if t.vecnormalize else None,
+                         trained_env=t.trained_env)
+
+
+def _load_teacher(config: RunConfig, index: int, task: TaskConfig) -> tuple[PolicyBundle, str, bool]:
+    """The teacher's bundle, where it came from, and whether it was imported from another library."""
     where = _field(config, index, "teacher")
     try:
         teacher_path = resolve_teacher_path(task.teacher)
-        return load_bundle(teacher_path), str(teacher_path)
+        if is_project_checkpoint(teacher_path) or not teacher_path.exists():
+            return load_bundle(teacher_path), str(teacher_path), False
+        say(f"importing {teacher_path} as the teacher of {task.env}")
+        bundle = import_on_the_fly(teacher_path, _import_options(config, task.env), config.teacher.format)
+        return bundle, str(teacher_path), True
     except (CheckpointError, ConfigError) as exc:
-        message = str(exc).removeprefix("teacher.checkpoint: ")
+        message = str(exc).removeprefix("teacher.checkpoint: ").removeprefix("--env ")
         raise type(exc)(f"{where}: {message}") from None
 
 
 def _prepare_task(config: RunConfig, index: int, task: TaskConfig, spaces: EnvSpaces, network: dict) -> PreparedTask:
-    teacher, teacher_path = _load_teacher(config, index, task)
+    teacher, teacher_path, imported = _load_teacher(config, index, task)
     t = teacher.spec
     if tuple(t.obs_shape) != spaces.obs_shape or t.num_actions != spaces.num_actions:
         raise ConfigError(
@@ -97,7 +113,7 @@ def _prepare_task(config: RunConfig, index: int, task: TaskConfig, spaces: EnvSp
         role="student", env_id=task.env, obs_shape=spaces.obs_shape, obs_dtype=spaces.obs_dtype,
         num_actions=spaces.num_actions, output_kind=output_kind, network=network, num_params=view_params,
         model_card=card)
-    return PreparedTask(task.name, task.env, teacher, teacher_path, teacher_params, student_spec, lookahead)
+    return PreparedTask(task.name, task.env, teacher, teacher_path, teacher_params, student_spec, lookahead, imported)
 
 
 def _lookahead_settings(config: RunConfig, index: int, task: TaskConfig, teacher_kind: str) -> LookaheadSettings | None:

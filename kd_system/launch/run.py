@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -18,12 +19,13 @@ from kd_system.launch.preparation import Prepared, prepare
 from kd_system.launch.stores import RunStores
 from kd_system.launch.topology import Components, connect_ray, placement, start_components, stop_components
 from kd_system.metrics import MetricsLog, say
+from kd_system.teachers.imports.writing import write_imported
 
 
 def run(config: RunConfig, run_dir: RunDirectory, address: str | None = None, resumed: bool = False) -> dict[str, Any]:
     """Distil until a stop condition holds; returns the summary (also in the run's summary.json)."""
     started = time.perf_counter()  # the run's wall time counts Ray's start-up too
-    prepared = prepare(config)
+    prepared = _keep_imported_teachers(prepare(config), run_dir)
     whose = "the teacher's" if not prepared.multi_task else f"the {len(prepared.tasks)} teachers' combined"
     say(f"run directory {run_dir.root}; student {prepared.student_params} params = "
         f"{prepared.student_params / prepared.teacher_params:.1%} of {whose} {prepared.teacher_params}")
@@ -55,6 +57,21 @@ def run(config: RunConfig, run_dir: RunDirectory, address: str | None = None, re
             ray.shutdown()
         if stores is not None:
             stores.close()
+
+
+def _keep_imported_teachers(prepared: Prepared, run_dir: RunDirectory) -> Prepared:
+    """A teacher imported on the fly is written into the run directory, converted and with its card,
+    and the student's card points there: the run holds everything ``kd-system eval`` needs."""
+    tasks = []
+    for task in prepared.tasks:
+        if task.imported:
+            where = run_dir.root / ("teacher" if not prepared.multi_task else f"teacher-{task.name}")
+            write_imported(where, task.teacher, force=True)
+            say(f"imported teacher {task.teacher_path} written to {where}")
+            card = {**task.student_spec.model_card, "distilled_from": str(where), "teacher_imported_from": task.teacher_path}
+            task = replace(task, teacher_path=str(where), student_spec=replace(task.student_spec, model_card=card))
+        tasks.append(task)
+    return replace(prepared, tasks=tuple(tasks))
 
 
 def _progress(config: RunConfig, run_dir: RunDirectory, prepared: Prepared, components: Components,

@@ -5,12 +5,13 @@ import argparse
 
 from kd_system.errors import ConfigError
 from kd_system.policies.networks import CNN_PRESETS
+from kd_system.teachers.imports.cli import register_import
 from kd_system.teachers.rllib_export import HPARAMS
 from kd_system.teachers.training import TeacherTrainConfig, cli_flag, train_teacher
 
 
 def register_cli(subparsers) -> None:
-    teacher = subparsers.add_parser("teacher", help="train teacher policies with RLlib")
+    teacher = subparsers.add_parser("teacher", help="train teacher policies with RLlib, or import them from other libraries")
     sub = teacher.add_subparsers(dest="teacher_command", required=True)
     p = sub.add_parser("train", help="train a DQN or PPO teacher and export it to the kd_system format")
     p.add_argument("--env", required=True, help="Gymnasium env id, e.g. CartPole-v1")
@@ -31,6 +32,7 @@ def register_cli(subparsers) -> None:
     for name, (kind, algos, text) in HPARAMS.items():
         p.add_argument(cli_flag(name), dest=f"hp_{name}", type=kind, default=None, help=f"{text} ({'/'.join(algos)})")
     p.set_defaults(func=_cli_train)
+    register_import(sub)
 
 
 def _cli_train(args: argparse.Namespace) -> int:

@@ -1,0 +1,164 @@
+"""`kd-system teacher import` as a command: format detection, --out refusal and --force, the model
+card, one-line errors with nothing written, and the pickle opt-in (the converters have their own
+tests: test_import_sb3.py, test_import_rllib.py, test_import_cleanrl.py, test_import_opaque.py)."""
+import io
+import json
+import pickle
+import subprocess
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from kd_system.errors import CheckpointError
+from kd_system.policies.files import PolicySpec, save_policy
+from kd_system.policies.networks import build_network
+from kd_system.teachers.imports.importer import detect_format, source_sha256
+from kd_system.teachers.imports.writing import check_out
+
+
+def kd(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kd_system.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def scripted_cartpole_teacher(path: Path) -> Path:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(net), str(path))
+    return path
+
+
+class Planted:
+    """Unpickling this would create the marker file: proof that nothing unpickled it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_detects_each_format(tmp_path):
+    sb3 = tmp_path / "model.zip"
+    with zipfile.ZipFile(sb3, "w") as archive:
+        archive.writestr("data", "{}")
+        archive.writestr("policy.pth", b"")
+    assert detect_format(sb3) == "sb3"
+    assert detect_format(scripted_cartpole_teacher(tmp_path / "policy.pt")) == "torchscript"
+    state_dict = tmp_path / "dqn.cleanrl_model"
+    torch.save({"network.0.weight": torch.zeros(2, 4)}, state_dict)
+    assert detect_format(state_dict) == "cleanrl"
+    (tmp_path / "policy.onnx").write_bytes(b"\x08\x07")
+    assert detect_format(tmp_path / "policy.onnx") == "onnx"
+    rllib = tmp_path / "algo"
+    rllib.mkdir()
+    (rllib / "rllib_checkpoint.json").write_text("{}")
+    assert detect_format(rllib) == "rllib"
+
+
+def test_detection_refuses_what_it_cannot_name(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="--from"):
+        detect_format(tmp_path / "notes.txt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        detect_format(tmp_path / "missing.zip")
+    ours = tmp_path / "ours"
+    spec = PolicySpec("teacher", "CartPole-v1", (4,), "float32", 2, "q", {"kind": "mlp", "hidden": [8]})
+    save_policy(ours, spec, build_network(spec.network, (4,), 2))
+    with pytest.raises(CheckpointError, match="already a kd_system checkpoint"):
+        detect_format(ours)
+
+
+def test_sha256_of_a_directory_covers_names_and_contents(tmp_path):
+    (tmp_path / "a").write_text("1")
+    first = source_sha256(tmp_path)
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert source_sha256(tmp_path) != first
+
+
+def test_out_holding_a_teacher_needs_force(tmp_path):
+    check_out(tmp_path / "new", force=False)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "spec.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="--force"):
+        check_out(tmp_path / "old", force=False)
+    check_out(tmp_path / "old", force=True)
+
+
+def test_import_command_writes_a_teacher_with_its_card_and_refuses_to_overwrite(tmp_path):
+    source = scripted_cartpole_teacher(tmp_path / "policy.pt")
+    out = tmp_path / "teacher"
+    done = kd("teacher", "import", str(source), "--env", "CartPole-v1", "--out", str(out), "--output-kind", "q",
+              "--episodes", "3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "model.pt", "spec.json"]
+    spec = json.loads((out / "spec.json").read_text())
+    card = spec["model_card"]
+    assert spec["network"]["kind"] == "torchscript" and spec["output_kind"] == "q"
+    assert card["source_format"] == "torchscript" and card["source_sha256"] == source_sha256(source)
+    assert card["parity_max_abs_diff"] <= 1e-5 and card["parity_states"] == 1000
+    assert card["eval_episodes"] == 3 and "random_return_mean" in card and "command" in card
+    assert "Parity on 1,000 states" in (out / "MODEL_CARD.md").read_text()
+    assert spec["num_params"] == 4 * 32 + 32 + 32 * 2 + 2
+
+    again = kd("teacher", "import", str(source), "--env", "CartPole-v1", "--out", str(out), "--output-kind", "q")
+    assert again.returncode == 2 and "--force" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    forced = kd("teacher", "import", str(source), "--env", "CartPole-v1", "--out", str(out), "--output-kind", "q",
+                "--episodes", "0", "--force")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "eval_return_mean" not in json.loads((out / "spec.json").read_text())["model_card"]
+    assert not list(tmp_path.glob(".teacher.importing-*"))  # no staging directory left behind
+
+    scored = kd("eval", str(out), "--episodes", "2")  # an imported opaque teacher is an ordinary checkpoint
+    assert scored.returncode == 0, scored.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--env", "Acrobot-v1", "--output-kind", "q"], "Acrobot-v1"),  # 4 inputs vs Acrobot's 6
+    (["--env", "CartPole-v1"], "--output-kind"),
+    (["--env", "NoSuchEnv-v0", "--output-kind", "q"], "NoSuchEnv-v0"),
+])
+def test_bad_imports_fail_in_one_line_and_write_nothing(tmp_path, args, expected):
+    source = scripted_cartpole_teacher(tmp_path / "policy.pt")
+    out = tmp_path / "teacher"
+    done = kd("teacher", "import", str(source), "--out", str(out), "--episodes", "0", *args)
+    assert done.returncode == 2, done.stderr[-2000:]
+    error = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(error) == 1 and expected in error[0], done.stderr
+    assert not out.exists()
+
+
+def test_a_corrupt_file_fails_in_one_line(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not a model")
+    done = kd("teacher", "import", str(bad), "--env", "CartPole-v1", "--out", str(tmp_path / "t"), "--output-kind", "q")
+    assert done.returncode == 2 and "broken.onnx" in done.stderr
+    assert not (tmp_path / "t").exists()
+
+
+def test_rllib_checkpoint_needs_trust_pickle_and_is_never_unpickled_without(tmp_path):
+    marker = tmp_path / "executed"
+    checkpoint = tmp_path / "algo"
+    checkpoint.mkdir()
+    (checkpoint / "rllib_checkpoint.json").write_text(json.dumps({"type": "Algorithm"}))
+    module_dir = checkpoint / "learner_group" / "learner" / "rl_module" / "default_policy"
+    module_dir.mkdir(parents=True)  # the layout algo.save() writes, every pickle in it planted
+    for path in (checkpoint / "algorithm_state.pkl", module_dir / "class_and_ctor_args.pkl", module_dir / "module_state.pkl"):
+        path.write_bytes(pickle.dumps(Planted(marker)))
+    done = kd("teacher", "import", str(checkpoint), "--env", "CartPole-v1", "--out", str(tmp_path / "t"))
+    assert done.returncode == 2 and "--trust-pickle" in done.stderr, done.stderr
+    run = kd("run", "--set", f"teacher.checkpoint={checkpoint}", "--set", f"head.runs_dir={tmp_path / 'runs'}")
+    assert run.returncode == 2 and "--trust-pickle" in run.stderr, run.stderr
+    assert not marker.exists() and not (tmp_path / "runs").exists()
+
+
+def test_run_refuses_a_file_it_cannot_import_before_creating_anything(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(io.BytesIO(b"\x00" * 64).getvalue())
+    done = kd("run", "--set", f"teacher.checkpoint={tmp_path / 'weights.bin'}", "--set", f"head.runs_dir={tmp_path / 'runs'}")
+    assert done.returncode == 2 and "teacher.checkpoint" in done.stderr and "teacher.format" in done.stderr
+    assert not (tmp_path / "runs").exists()
