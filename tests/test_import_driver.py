@@ -162,3 +162,47 @@ def test_run_refuses_a_file_it_cannot_import_before_creating_anything(tmp_path):
     done = kd("run", "--set", f"teacher.checkpoint={tmp_path / 'weights.bin'}", "--set", f"head.runs_dir={tmp_path / 'runs'}")
     assert done.returncode == 2 and "teacher.checkpoint" in done.stderr and "teacher.format" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def cleanrl_atari_qnetwork(path: Path, actions: int = 6) -> Path:
+    """A dqn_atari.py QNetwork's state dict (random weights): what CleanRL's --save-model writes."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 32, 8, 4), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 4, 2), torch.nn.ReLU(),
+                              torch.nn.Conv2d(64, 64, 3, 1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(3136, 512), torch.nn.ReLU(), torch.nn.Linear(512, actions))
+    torch.save({f"network.{key}": value for key, value in net.state_dict().items()}, path)
+    return path
+
+
+def test_an_atari_teacher_trained_under_another_protocol_says_so(tmp_path):
+    source = cleanrl_atari_qnetwork(tmp_path / "dqn_atari.cleanrl_model")
+    out = tmp_path / "pong"
+    done = kd("teacher", "import", str(source), "--env", "ALE/Pong-v5", "--out", str(out), "--episodes", "0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["protocol"]["sticky_actions"] == 0.0 and spec["protocol"]["assumed"] is True
+    assert spec["model_card"]["parity_max_abs_diff"] <= 1e-5
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "sticky actions 0" in card and "--trained-env" in card
+    assert "note: trained with sticky actions 0" in done.stderr
+
+
+@pytest.mark.slow
+def test_run_imports_an_sb3_zip_on_the_fly_into_the_run_directory(tmp_path):
+    from stable_baselines3 import DQN
+    DQN("MlpPolicy", "CartPole-v1", seed=0, policy_kwargs={"net_arch": [256, 256]}).save(tmp_path / "dqn.zip")
+    runs = tmp_path / "runs"
+    done = kd("run", "--set", f"teacher.checkpoint={tmp_path / 'dqn.zip'}", "--set", f"head.runs_dir={runs}",
+              "--set", "head.max_updates=100", "--set", "head.target_score=null", "--set", "head.eval_episodes=3",
+              "--set", "head.final_eval_episodes=3", "--set", "limiter.min_size_to_sample=1000")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
+    teacher = json.loads((run_dir / "teacher" / "spec.json").read_text())
+    assert teacher["model_card"]["source_format"] == "sb3" and teacher["model_card"]["parity_max_abs_diff"] == 0.0
+    assert (run_dir / "teacher" / "MODEL_CARD.md").is_file()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    student = json.loads((Path(summary["best_checkpoint"]) / "spec.json").read_text())
+    assert student["model_card"]["distilled_from"] == str(run_dir / "teacher")
+    assert student["model_card"]["teacher_imported_from"] == str(tmp_path / "dqn.zip")
+    scored = kd("eval", summary["best_checkpoint"], "--episodes", "2")  # finds the imported teacher in the run
+    assert scored.returncode == 0 and "normalized_score" in scored.stdout, scored.stderr[-2000:]
