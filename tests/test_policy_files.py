@@ -64,6 +64,26 @@ def test_weights_that_do_not_match_the_spec(tmp_path):
         FrozenPolicy.load(path)
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    ("num_actions", 3, r"layer layers\.4\.weight has shape \[2, 16\] but the spec's num_actions gives \[3, 16\]"),
+    ("obs_shape", [6], r"layer layers\.0\.weight has shape \[16, 4\] but the spec's obs_shape gives \[16, 6\]"),
+])
+def test_a_mismatch_names_the_layer_and_the_spec_field(tmp_path, field, value, expected):
+    path, _ = make_policy(tmp_path)
+    spec = json.loads((path / "spec.json").read_text())
+    spec[field] = value
+    (path / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(CheckpointError, match=expected) as caught:
+        FrozenPolicy.load(path)
+    assert "\n" not in str(caught.value) and f"fix {field} in spec.json" in str(caught.value)
+
+
+def test_a_file_given_as_a_checkpoint_points_to_the_importer(tmp_path):
+    path, _ = make_policy(tmp_path)
+    with pytest.raises(CheckpointError, match="kd-system teacher import"):
+        FrozenPolicy.load(path / "model.safetensors")
+
+
 def test_future_format_version_is_refused(tmp_path):
     path, _ = make_policy(tmp_path)
     spec = json.loads((path / "spec.json").read_text())
