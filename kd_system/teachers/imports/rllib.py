@@ -82,13 +82,20 @@ def _algorithm_config(algo_dir: Path) -> tuple[str | None, dict[str, Any]]:
 
 
 def _load_module(module_dir: Path) -> nn.Module:
+    import logging
+
     from ray.rllib.core.rl_module.rl_module import RLModule
+    rllib_log = logging.getLogger("ray.rllib")
+    level = rllib_log.level
+    rllib_log.setLevel(logging.ERROR)  # RLlib warns about its own deprecated constructor on every load
     try:
         module = RLModule.from_checkpoint(module_dir)  # reads local files; no Ray cluster needed
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(f"RLlib could not load the RLModule in {module_dir} ({type(exc).__name__}: {reason}); "
                               "load it with the ray version that saved it (see its metadata.json)") from None
+    finally:
+        rllib_log.setLevel(level)
     return module.eval()
 
 
