@@ -43,29 +43,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from kd_system.envs.make import env_spaces
-    from kd_system.errors import ConfigError
-    from kd_system.evaluation.episodes import random_act_fn, run_episodes
-    from kd_system.evaluation.evaluator import normalized_score
-    from kd_system.policies.files import FrozenPolicy
+    from kd_system.evaluation.checkpoint_eval import evaluate_checkpoint
 
-    policy = FrozenPolicy.load(args.checkpoint)
-    env_id = args.env or policy.spec.env_id
-    spaces = env_spaces(env_id)
-    if tuple(policy.spec.obs_shape) != spaces.obs_shape or policy.spec.num_actions != spaces.num_actions:
-        raise ConfigError(f"{args.checkpoint} does not fit {env_id} (observations {tuple(policy.spec.obs_shape)} vs "
-                          f"{spaces.obs_shape}, actions {policy.spec.num_actions} vs {spaces.num_actions}); pass --env with the env it was trained on")
-    result = run_episodes(env_id, policy.greedy_actions, args.episodes, args.seed)
-    random = run_episodes(env_id, random_act_fn(spaces.num_actions, args.seed), args.episodes, args.seed)
-    report = {"checkpoint": str(args.checkpoint), "role": policy.spec.role, "env_id": env_id, "params": policy.num_params,
-              "episodes": args.episodes, "seed": args.seed, "return_mean": result.mean, "return_std": result.std,
-              "random_return_mean": random.mean}
-    teacher_dir = policy.spec.model_card.get("distilled_from")
-    if policy.spec.role == "student" and teacher_dir and Path(teacher_dir).is_dir():
-        teacher = FrozenPolicy.load(teacher_dir)
-        teacher_result = run_episodes(env_id, teacher.greedy_actions, args.episodes, args.seed)
-        report |= {"teacher": teacher_dir, "teacher_return_mean": teacher_result.mean,
-                   "normalized_score": normalized_score(result.mean, teacher_result.mean, random.mean)}
+    if args.episodes < 1:
+        raise KDError(f"--episodes {args.episodes} must be at least 1")
+    report = evaluate_checkpoint(args.checkpoint, args.env, args.episodes, args.seed)
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -87,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     evaluate = commands.add_parser("eval", help="score a checkpoint (student snapshot or teacher) over N episodes")
-    evaluate.add_argument("checkpoint", help="a checkpoint directory (spec.json + model.safetensors)")
+    evaluate.add_argument("checkpoint", help="a checkpoint directory (spec.json + model.safetensors), or a .onnx/.pt "
+                          "written by `kd-system export` (with its .json sidecar)")
     evaluate.add_argument("--episodes", type=int, default=20)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--env", help="env id (default: the one in the checkpoint's spec)")
@@ -96,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from kd_system.teachers.cli import register_cli
     register_cli(commands)
+    from kd_system.export.cli import register_cli as register_export
+    register_export(commands)
     from kd_system.experiments.command import register_cli as register_experiment
     register_experiment(commands)
     from kd_system.experiments.repeats import register_cli as register_repeat
