@@ -79,7 +79,7 @@ def test_fp32_onnx_matches_the_checkpoint_and_its_sidecar_says_so(zoo, tmp_path,
     assert sidecar["parity"]["states"] == 1000 and sidecar["parity"]["seed"] == 12345
     assert sidecar["parity"]["max_abs_output"] > 0.0
     assert sidecar["input"] == {"name": "obs", "dtype": "uint8" if pixels else "float32", "shape": [-1, *spec.obs_shape],
-                                "layout": "chw", "preprocessing": "x/255 inside the graph" if pixels else "none"}
+                                "layout": "chw, oldest frame first" if pixels else "vector", "preprocessing": "x/255 inside the graph" if pixels else "none"}
     assert sidecar["output"]["name"] == spec.output_kind and sidecar["precision"] == "fp32"
     assert sidecar["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert sidecar["spec"] == spec.to_json() and sidecar["teacher"] == spec.model_card["distilled_from"]
