@@ -1,6 +1,6 @@
 """``kd-system bench``: run the chosen sections, print the side-by-side table, optionally write JSON.
 
-The sections that need no Ray (store, learner) run first, before Ray's own processes start
+The sections that need no Ray (store, learner, inference) run first, before Ray's own processes start
 taking CPU; the table lists sections in a fixed order whatever order they ran in.
 """
 from __future__ import annotations
@@ -11,10 +11,11 @@ import platform
 from typing import Callable
 
 from kd_system.metrics import say
-from kd_system.bench.context import DEFAULT_ENV, SECTIONS, BenchContext, BenchOptions, parse_only
+from kd_system.bench.context import DEFAULT_ENV, DEFAULT_SECTIONS, SECTIONS, BenchContext, BenchOptions, parse_only
 
-RUN_ORDER = ("store", "learner", "actor", "scaling")
+RUN_ORDER = ("store", "learner", "inference", "actor", "scaling")
 RAY_SECTIONS = {"actor", "scaling"}
+REDIS_SECTIONS = {"actor", "store", "learner", "scaling"}  # inference times policies in-process only
 
 
 def _cpu_model() -> str:
@@ -38,6 +39,9 @@ def _section_runner(name: str) -> Callable:
     if name == "learner":
         from kd_system.bench.learner_bench import run_learner
         return run_learner
+    if name == "inference":
+        from kd_system.bench.inference import run_inference
+        return run_inference
     from kd_system.bench.scaling import run_scaling
     return run_scaling
 
@@ -60,7 +64,8 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
         "warmup_s": options.warmup_s, "chunk_states": ctx.chunk_states, "sections": list(options.only)}}
     started_ray = False
     try:
-        ctx.start_redis()
+        if REDIS_SECTIONS & set(options.only):
+            ctx.start_redis()
         if {"store", "learner"} & set(options.only):
             log(f"bench: collecting labelled chunks of {ctx.chunk_states} states as a collector makes them ...")
             ctx.labelled_chunks()
@@ -89,7 +94,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     options = BenchOptions(env_id=args.env, teacher=args.teacher, seconds=args.seconds, num_envs=args.num_envs,
                            only=parse_only(args.only), json_path=args.json, redis_url=args.redis_url,
-                           torch_threads=args.torch_threads)
+                           torch_threads=args.torch_threads, student=args.student)
     results = run_bench(options)
     print(render(results), flush=True)
     if args.json:
@@ -99,15 +104,20 @@ def _bench(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser("bench", help="throughput of actors, store, learner input and actor scaling, "
-                                            "side by side with their no-overhead baselines")
+                                            "side by side with their no-overhead baselines; inference "
+                                            "latency of teacher and student per engine")
     p.add_argument("--env", default=DEFAULT_ENV, help=f"env id (default {DEFAULT_ENV}; classic ids such as CartPole-v1 work too)")
     p.add_argument("--teacher", metavar="PATH", help="teacher checkpoint directory (default: the shipped one for the env; "
                                                      "for Atari without one, a random Nature-CNN: throughput ignores weights)")
-    p.add_argument("--seconds", type=float, default=5.0, help="each timed window, after a warm-up of half that (at most 2 s)")
+    p.add_argument("--seconds", type=float, default=5.0, help="each timed window, after a warm-up of half that (at most 2 s); "
+                                                           "inference: a fifth of it per engine")
     p.add_argument("--num-envs", type=int, help="envs per actor (default 16 for Atari, actors.envs_per_actor otherwise)")
-    p.add_argument("--only", metavar="SECTIONS", help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    p.add_argument("--only", metavar="SECTIONS", help=f"comma-separated subset of {','.join(SECTIONS)} "
+                                                    f"(default: {','.join(DEFAULT_SECTIONS)})")
     p.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
     p.add_argument("--redis-url", help="use this Redis (default: start a private redis-server on a free port)")
     p.add_argument("--torch-threads", type=int, help="torch threads of the single actor, the ideal and the naive "
                                                      "loop (default: actors.torch_threads, 1; scaling divides them among actors)")
+    p.add_argument("--student", metavar="DIR", help="inference section: a student checkpoint of CartPole-v1 or "
+                                                    "ALE/Breakout-v5 to time instead of a random-init one")
     p.set_defaults(func=_bench)

@@ -26,7 +26,10 @@ from kd_system.launch.topology import collector_settings
 from kd_system.bench.timing import torch_threads
 from kd_system.types import LabelledChunk
 
-SECTIONS = ("actor", "store", "learner", "scaling")
+SECTIONS = ("actor", "store", "learner", "scaling", "inference")
+# inference (bench/inference.py) exports and times 16 engines, about a minute at the default --seconds:
+# asked for by name, so the default run stays as fast as it was.
+DEFAULT_SECTIONS = ("actor", "store", "learner", "scaling")
 DEFAULT_ENV = "ALE/Pong-v5"
 ATARI_NUM_ENVS = 16  # DESIGN.md section 2: ale-py's vector env (the pixel games') is measured at 16 envs
 MAX_WARMUP_S = 2.0
@@ -43,13 +46,14 @@ class BenchOptions:
     teacher: str | None = None  # a checkpoint directory; None: the shipped one, else random weights
     seconds: float = 5.0  # each timed window
     num_envs: int | None = None  # None: 16 for Atari, actors.envs_per_actor otherwise
-    only: tuple[str, ...] = SECTIONS
+    only: tuple[str, ...] = DEFAULT_SECTIONS
     json_path: str | None = None
     redis_url: str | None = None  # None: a private redis-server on a free port
     # None: actors.torch_threads as a run sets it (1). More threads than free cores make torch's
     # thread pool wait on descheduled threads: on a busy 2-core machine a 2-thread forward of a
     # small MLP was measured ~30x slower than a 1-thread one.
     torch_threads: int | None = None
+    student: str | None = None  # inference section: a student checkpoint instead of random init
 
     @property
     def warmup_s(self) -> float:
@@ -58,7 +62,7 @@ class BenchOptions:
 
 def parse_only(text: str | None) -> tuple[str, ...]:
     if not text:
-        return SECTIONS
+        return DEFAULT_SECTIONS
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in SECTIONS]
     if unknown or not names:

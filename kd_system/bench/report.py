@@ -15,6 +15,10 @@ TARGETS = {
     # least twice what the learner consumes, so it keeps up while sharing the cores.
     "sample_vs_learner": ("store_vs_learner", ">=", 2.0),
     "fed_vs_in_memory": ("learner", ">=", 0.95),
+    # The inference issue's (Breakout): the rusu-7 student in its fastest engine against the Nature
+    # teacher in torch eager, states/s at batch 64 and p50 at batch 1.
+    "atari_throughput_vs_teacher_eager": ("inference", ">=", 6.0),
+    "atari_p50_gain_vs_teacher_eager": ("inference", ">=", 4.0),
 }
 
 
@@ -29,7 +33,7 @@ def store_vs_learner(results: dict) -> dict | None:
 def check_targets(results: dict) -> tuple[dict, dict]:
     targets, meets = {}, {}
     for key, (section, op, bound) in TARGETS.items():
-        if section in results:
+        if section in results and key in results[section]:  # inference: only with its Atari case
             value = results[section][key]
             targets[key] = {"op": op, "bound": bound}
             meets[key] = value >= bound if op == ">=" else value <= bound
@@ -91,7 +95,43 @@ def _rows(results: dict) -> list[tuple[str, ...]]:
         for count, rate, ratio in zip(sc["actors"], sc["states_per_s"], sc["vs_one_actor"]):
             row("scaling", f"labelled states/s, {count} actor{'s' if count > 1 else ''}", _rate(rate),
                 "1 actor", _rate(sc["states_per_s"][0]), f"{ratio:.2f}")
+    for name, case in results.get("inference", {}).get("cases", {}).items():
+        teacher, student = case["teacher"]["engines"]["torch_eager"], case["student"]["engines"]
+        macs = f", MACs ratio {case['macs_ratio']:.2f}" if case["macs_ratio"] else ""
+        fast, quick = case["fastest_engine"], case["p50_engine"]
+        row("inference", f"{name} student states/s, batch 64, {fast}", _rate(student[fast]["states_per_s"]),
+            f"teacher torch eager{macs}", _rate(teacher["states_per_s"]), f"{case['throughput_vs_teacher_eager']:.2f}",
+            f"{name}_throughput_vs_teacher_eager")
+        row("inference", f"{name} student p50 us, batch 1, {quick} (ratio: teacher ÷ student)",
+            f"{student[quick]['p50_us']:,.1f}", f"teacher torch eager{macs}", f"{teacher['p50_us']:,.1f}",
+            f"{case['p50_gain_vs_teacher_eager']:.2f}", f"{name}_p50_gain_vs_teacher_eager")
     return rows
+
+
+def _inference_lines(section: dict) -> list[str]:
+    """Per case, one row per network and engine: the figures the ratios above are made of."""
+    header = ("", "engine", "p50 us", "p99 us", "states/s b64", "bytes", "b64 ÷ teacher eager", "teacher p50 ÷ p50")
+    lines = [f"inference: {section['threads']['torch']} torch thread, {section['threads']['onnxruntime_intra_op']} "
+             "onnxruntime thread, batch 64 too (per-core figures); real env observations through FrozenPolicy.outputs"]
+    for name, case in section["cases"].items():
+        rows = [header]
+        for role in ("teacher", "student"):
+            for engine, f in case[role]["engines"].items():
+                rows.append((role, engine, f"{f['p50_us']:,.1f}", f"{f['p99_us']:,.1f}", _rate(f["states_per_s"]),
+                             f"{f['bytes']:,}", f"{f['states_per_s_vs_teacher_eager']:.2f}" if role == "student" else "",
+                             f"{f['p50_gain_vs_teacher_eager']:.2f}" if role == "student" else ""))
+        if "floor" in case:
+            f = case["floor"]
+            rows.append(("floor", "numpy matmul chain", f"{f['p50_us']:,.1f}", f"{f['p99_us']:,.1f}",
+                         _rate(f["states_per_s"]), "", "", ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        t, s = case["teacher"], case["student"]
+        lines.append(f"  {name} ({case['env_id']}): teacher {t['source']} ({t['params']:,} params, "
+                     f"{t['macs'] or 0:,} MACs), student {s['source']} ({s['params']:,} params, {s['macs'] or 0:,} MACs)"
+                     + (": weights do not change latency" if case["random_student"] else ""))
+        lines += ["    " + "  ".join(c.rjust(w) if i >= 2 else c.ljust(w)
+                                     for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
+    return lines
 
 
 def render(results: dict) -> str:
@@ -102,6 +142,8 @@ def render(results: dict) -> str:
     right = {2, 4, 5}  # numbers
     lines = [f"kd-system bench: {setup['env_id']}, teacher {setup['teacher']} ({setup['teacher_params']:,} params), "
              f"{setup['num_envs']} envs per actor, {setup['seconds']:g} s windows after {setup['warmup_s']:g} s warm-up"]
+    if setup["sections"] == ["inference"]:  # its own fixed cases: --env and --teacher play no part
+        lines = [f"kd-system bench: inference, its own cases below, {setup['seconds']:g} s budget (a fifth per engine)"]
     for r in rows:
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
         lines.append("  ".join(cells).rstrip())
@@ -119,6 +161,8 @@ def render(results: dict) -> str:
         lines.append(f"learner: {lrn['student_params']:,}-param student on {lrn['device']} ({lrn['precision']}), batch {lrn['batch_size']}, "
                      f"{lrn['torch_threads']} torch thread(s), {lrn['prefetch_threads']} prefetch thread(s); "
                      f"fed run waited on input {lrn['fed_wait_input_frac']:.0%} of its time")
+    if "inference" in results:
+        lines += _inference_lines(results["inference"])
     if "scaling" in results:
         sc = results["scaling"]
         lines.append(f"scaling on {sc['cores']} cores: torch threads per actor {sc['torch_threads_per_actor']} "
