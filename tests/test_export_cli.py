@@ -31,6 +31,7 @@ def student(tmp_path_factory) -> Path:
                                                     count_parameters(module), {"distilled_from": str(root / "teacher")}), module)
 
 
+@pytest.mark.slow  # end to end through the commands: several CLI processes
 @pytest.mark.parametrize("fmt, extra", [("onnx", []), ("onnx", ["--int8"]), ("torchscript", [])])
 def test_an_exported_student_is_scored_from_the_file(student, tmp_path, fmt, extra):
     out = tmp_path / ("student.onnx" if fmt == "onnx" else "student.pt")

@@ -90,6 +90,7 @@ def test_out_holding_a_teacher_needs_force(tmp_path):
     check_out(tmp_path / "old", force=True)
 
 
+@pytest.mark.slow  # end to end through the commands: several CLI processes
 def test_import_command_writes_a_teacher_with_its_card_and_refuses_to_overwrite(tmp_path):
     source = scripted_cartpole_teacher(tmp_path / "policy.pt")
     out = tmp_path / "teacher"
@@ -174,6 +175,7 @@ def cleanrl_atari_qnetwork(path: Path, actions: int = 6) -> Path:
     return path
 
 
+@pytest.mark.slow  # end to end through the commands: several CLI processes
 def test_an_atari_teacher_trained_under_another_protocol_says_so(tmp_path):
     source = cleanrl_atari_qnetwork(tmp_path / "dqn_atari.cleanrl_model")
     out = tmp_path / "pong"
