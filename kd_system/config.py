@@ -8,6 +8,7 @@ line naming its field. ``kd-system config schema`` prints the JSON Schema editor
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from kd_system.learner.config import LearnerConfig
 from kd_system.policies.config import StudentConfig
 from kd_system.replay.config import LimiterConfig, StoreConfig
 from kd_system.replay.rate_limit import SampleToInsertLimiter, check_deadlock_free
+from kd_system.replay.urls import holds_password, mask_url
 from kd_system.teachers.config import TeacherConfig
 
 __all__ = ["ActorConfig", "EnvConfig", "HeadConfig", "LearnerConfig", "LimiterConfig", "LookaheadConfig",
@@ -171,8 +173,20 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> RunConf
         raise
 
 
+# What a saved config names instead of a store URL that holds a password (launch/secrets.py resolves it).
+REDIS_URL_ENV = "KD_REDIS_URL"
+
+
 def save_config(config: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """The config as YAML, never with a secret: a ``store.redis_url`` that holds a password is saved as
+    ``env:KD_REDIS_URL``, which ``--resume`` reads from the environment again."""
+    data = to_dict(config)
+    url = data.get("store", {}).get("redis_url")
+    if holds_password(url):
+        data["store"]["redis_url"] = f"env:{REDIS_URL_ENV}"
+        print(f"kd-system: note: store.redis_url ({mask_url(url)}) holds a password, so {path} names "
+              f"env:{REDIS_URL_ENV} instead; to --resume, export {REDIS_URL_ENV} with that URL", file=sys.stderr)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def resolve_teacher_path(checkpoint: str) -> Path:

@@ -87,3 +87,12 @@ def test_cpu_reservations_the_local_cluster_cannot_grant_are_refused_not_left_pe
     result = kd("run", "--set", "actors.num_cpus=40", "--set", f"head.runs_dir={tmp_path}")
     assert_one_line_error(result, "actors.num_cpus (40 x 2 actors)", "learner.num_cpus", "head.evaluator_num_cpus",
                           "lower them")
+
+
+def test_runs_dir_that_is_a_file(tmp_path):
+    (tmp_path / "runs").write_text("not a directory")
+    assert_one_line_error(kd("run", "--set", f"head.runs_dir={tmp_path / 'runs'}"), "head.runs_dir", "is a file")
+
+
+def test_eval_needs_at_least_one_episode(tmp_path):
+    assert_one_line_error(kd("eval", "shipped-does-not-matter", "--episodes", "0"), "--episodes 0")

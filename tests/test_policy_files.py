@@ -91,3 +91,12 @@ def test_future_format_version_is_refused(tmp_path):
     (path / "spec.json").write_text(json.dumps(spec))
     with pytest.raises(CheckpointError, match="format_version 99"):
         FrozenPolicy.load(path)
+
+
+def test_an_unknown_spec_field_is_refused_by_name(tmp_path):
+    path, _ = make_policy(tmp_path)
+    spec = json.loads((path / "spec.json").read_text())
+    spec["num_action"] = 2  # misspelt
+    (path / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(CheckpointError, match="unknown field 'num_action'"):
+        FrozenPolicy.load(path)

@@ -45,10 +45,16 @@ class RunDirectory:
 
     @classmethod
     def create(cls, runs_dir: str, name: str, config: RunConfig) -> "RunDirectory":
-        root = Path(runs_dir).expanduser() / name
+        base = Path(runs_dir).expanduser()
+        if base.exists() and not base.is_dir():
+            raise ConfigError(f"head.runs_dir {base} is a file; point it at a directory (created if missing)")
+        root = base / name
         if root.exists():
             raise ConfigError(f"run directory {root} already exists; pick another head.run_name or resume it with --resume {root}")
-        root.mkdir(parents=True)
+        try:
+            root.mkdir(parents=True)
+        except OSError as exc:
+            raise ConfigError(f"head.runs_dir: cannot create {root} ({exc.strerror}); pick a directory you can write to") from None
         run = cls(root)
         run.snapshots_dir.mkdir()
         save_config(config, run.config_path)

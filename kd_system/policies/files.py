@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,11 @@ class PolicySpec:
                 f"{source} has format_version {data.get('format_version')!r}; this kd_system reads "
                 f"version {FORMAT_VERSION}: re-export the checkpoint with this version"
             )
+        known = {"format", "format_version", *(f.name for f in fields(cls))}
+        unknown = sorted(set(data) - known)
+        if unknown:  # a misspelt or newer field would otherwise be dropped without a word
+            raise CheckpointError(f"{source} has unknown field {unknown[0]!r}; the fields are {', '.join(sorted(known))} "
+                                  "(remove it, or upgrade kd_system if a newer version wrote the file)")
         try:
             spec = cls(
                 role=str(data["role"]),

@@ -12,28 +12,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from kd_system.errors import StoreError
+from kd_system.replay.urls import mask_url  # noqa: F401  (re-exported: where callers look for it)
 
 CONNECT_TIMEOUT_S = 2.5
 OP_TIMEOUT_S = 30.0  # a slow MGET of Atari chunks is fine; a dead server must not hang forever
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # no ':' or glob chars: clear() SCANs kd:{run_id}:*
 _UNREACHABLE_FIX = "start Redis there, fix store.redis_url, or leave it unset so kd-system starts a local one"
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password (user-info or ?password=) replaced by ***, for messages and logs."""
-    url = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
-    scheme, sep, rest = url.partition("://")
-    if scheme.lower() == "unix":  # unix://[user:pw@]/path: user-info ends at the first '/'
-        netloc, slash, path = rest.partition("/")
-        rest = netloc if "@" in netloc else ""
-        tail = slash + path
-    else:  # the last '@' wins, so a password holding an unescaped '/' or '@' is still hidden
-        tail = ""
-    if not sep or "@" not in rest:
-        return url
-    userinfo, host = rest.rsplit("@", 1)
-    user, has_password, _ = userinfo.partition(":")
-    return f"{scheme}://{user + ':***' if has_password else '***'}@{host}{tail}"
 
 
 @dataclass(frozen=True, repr=False)
