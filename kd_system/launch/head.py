@@ -42,6 +42,7 @@ class Head:
         self.monitor = RunMonitor(prepared, progress, metrics)
         self.stop_reason: str | None = None
         self.pending: dict[Any, Call] = {}
+        self.replacements: dict[int, int] = {}  # actor index -> collectors started in its place
         self.snapshot_in_flight = self.eval_in_flight = False
         self.queued_eval: tuple[Path, int, int] | None = None  # (snapshot, updates, env_steps)
         self.learner_idle = True
@@ -77,10 +78,12 @@ class Head:
         except ray.exceptions.RayActorError as exc:
             if not isinstance(call, CollectCall):
                 raise
-            say(f"actor {call.actor_index} died ({type(exc).__name__}); starting a replacement")
+            self.replacements[call.actor_index] = self.replacements.get(call.actor_index, 0) + 1
+            say(f"actor {call.actor_index} died ({type(exc).__name__}); starting replacement "
+                f"#{self.replacements[call.actor_index]} with fresh env seeds")
             self.components.collectors[call.actor_index] = make_collector(
                 self.config, call.actor_index, self.components.collector_tasks[call.actor_index], self.prepared,
-                self.stores.addresses)
+                self.stores.addresses, incarnation=self.replacements[call.actor_index])
             result = None
         except ray.exceptions.RayTaskError as exc:
             raise _unwrap(exc) from None

@@ -96,13 +96,19 @@ def learner_gpus(config: RunConfig) -> float:
     return gpus
 
 
+# A replacement collector's envs get seeds this far from every first incarnation's (actors are 1,000
+# apart), so it does not replay the episodes its dead predecessor already played.
+REPLACEMENT_SEED_STRIDE = 100_000_000
+
+
 def collector_settings(config: RunConfig, actor_id: int, task_index: int = 0,
-                       prepared: Prepared | None = None) -> CollectorSettings:
+                       prepared: Prepared | None = None, incarnation: int = 0) -> CollectorSettings:
     a = config.actors
     return CollectorSettings(actor_id=actor_id, env_id=config.task_list()[task_index].env, num_envs=a.envs_per_actor,
                              epsilon=a.epsilon, chunk_states=config.store.chunk_states,
                              chunks_per_write=a.chunks_per_write, torch_threads=a.torch_threads,
-                             seed=config.head.seed * 100_003 + 1_000 * (actor_id + 1), task_id=task_index,
+                             seed=config.head.seed * 100_003 + 1_000 * (actor_id + 1)
+                             + REPLACEMENT_SEED_STRIDE * incarnation, task_id=task_index,
                              acting=a.acting, weights_refresh_steps=a.weights_refresh_steps,
                              teacher_share=TeacherShareSchedule(a.teacher_share_start, a.teacher_share_end,
                                                                 a.teacher_share_decay_updates),
@@ -111,12 +117,13 @@ def collector_settings(config: RunConfig, actor_id: int, task_index: int = 0,
 
 
 def make_collector(config: RunConfig, actor_id: int, task_index: int, prepared: Prepared,
-                   stores: list[StoreAddress]) -> Any:
+                   stores: list[StoreAddress], incarnation: int = 0) -> Any:
     # No Ray-level restarts: the head replaces a dead collector itself, with fresh arguments.
     task = prepared.tasks[task_index]
     remote_cls = _placed(Collector).options(num_cpus=config.actors.num_cpus,
                                             resources=_resources(config.actors.ray_resource))
-    return remote_cls.remote(collector_settings(config, actor_id, task_index, prepared), stores[task_index], task.teacher,
+    return remote_cls.remote(collector_settings(config, actor_id, task_index, prepared, incarnation), stores[task_index],
+                             task.teacher,
                              task.student_spec)
 
 
