@@ -102,6 +102,7 @@ class TrainReport:
     wait_limiter_frac: float
     device: str
     precision: str  # bf16 | fp32
+    corrupt_chunks: int = 0  # replay chunks that failed to decode and were skipped, in all
 
 
 @dataclass(frozen=True)

@@ -51,3 +51,40 @@ def test_killing_a_collector_mid_run_is_survived_with_a_fresh_seed(tmp_path):
     (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["learner_updates"] > 0 and summary["normalized_score"] > 0
+
+
+@pytest.mark.slow
+def test_garbage_in_replay_slots_is_skipped_counted_and_the_run_goes_on(tmp_path):
+    import re
+
+    import redis
+
+    runs, log = tmp_path / "runs", tmp_path / "stderr.log"
+    command = [sys.executable, "-m", "kd_system.cli", "run", "--set", f"head.runs_dir={runs}",
+               "--set", "head.target_score=null", "--set", "head.max_wall_s=40", "--set", "head.eval_episodes=5",
+               "--set", "head.final_eval_episodes=10"]
+    with open(log, "w") as err:
+        run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        try:
+            deadline, found = time.monotonic() + 90, None
+            while found is None and time.monotonic() < deadline:
+                found = re.search(r"replay store: (redis://\S+) namespace (kd:\S+?):", log.read_text())
+                time.sleep(0.5)
+            assert found, log.read_text()[-2000:]
+            client = redis.Redis.from_url(found.group(1))
+            while not client.get(f"{found.group(2)}:chunks") and time.monotonic() < deadline:
+                time.sleep(0.5)  # the first chunks are in: now spoil some
+            time.sleep(5)
+            garbage = os.urandom(4096)
+            for slot in range(3):
+                client.set(f"{found.group(2)}:slot:{slot}", garbage)
+            run.wait(timeout=240)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    stderr = log.read_text()
+    assert run.returncode == 0, stderr[-3000:]
+    (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["corrupt_chunks_skipped"] >= 1 and "failed to decode" in stderr
+    assert summary["learner_updates"] > 0

@@ -378,11 +378,25 @@ def test_write_validation_reserves_nothing(store):
     assert store.stats()["chunks_written"] == 0
 
 
-def test_corrupt_slot_raises_on_sample(store, redis_url):
-    store.insert([_labelled()])
+def test_a_corrupt_chunk_is_skipped_and_counted(store, redis_url):
+    store.insert([_labelled(), _labelled(first_id=256)])
     redis.Redis.from_url(redis_url).set(f"kd:{store.address.run_id}:slot:0", b"KDCH garbage")
-    with pytest.raises(CorruptChunkError):
-        store.sample(8, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    batches = [store.sample(8, rng, chunks_per_sample=2) for _ in range(20)]
+    assert all(batch is not None and len(batch) == 8 for batch in batches)  # drawn from the good chunk
+    assert store.corrupt_chunks == 20 and store.chunks_read == 40
+
+
+def test_a_store_returning_mostly_garbage_ends_the_run(redis_url, run_id):
+    address = StoreAddress(redis_url, run_id, 1000, 256, max_corrupt_share=0.1)
+    with ReplayTable(address) as table:
+        table.insert([_labelled()])
+        redis.Redis.from_url(redis_url).set(f"kd:{run_id}:slot:0", b"KDCH garbage")
+        rng = np.random.default_rng(0)
+        with pytest.raises(CorruptChunkError, match="max_corrupt_share"):
+            for _ in range(200):
+                assert table.sample(8, rng) is None  # the only chunk is corrupt: nothing to draw
+        table.clear()
 
 
 def test_weights_versioning(store):

@@ -111,6 +111,7 @@ class SessionFacts:
     store_bytes_per_state: float
     resumed: bool
     placement: dict[str, Any] | None  # node ids of the components (launch.topology.placement)
+    corrupt_chunks: int = 0  # replay chunks the learner skipped because they failed to decode
 
 
 def run_summary(scores: dict[str, Any], progress: "RunProgress", session: SessionFacts) -> dict[str, Any]:
@@ -124,4 +125,5 @@ def run_summary(scores: dict[str, Any], progress: "RunProgress", session: Sessio
         "stop_reason": session.stop_reason, "loss": session.loss, "acting": session.acting,
         "learner_device": session.learner_device, "store_bytes_per_state": session.store_bytes_per_state,
         "evaluations": progress.selection.evaluations, "resumed": session.resumed, "placement": session.placement,
+        "corrupt_chunks_skipped": session.corrupt_chunks,
     }

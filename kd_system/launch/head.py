@@ -159,7 +159,7 @@ class Head:
                               episodes, FINAL_EVAL_SEED)
         session = SessionFacts(episodes, FINAL_EVAL_SEED, self.stop_reason, self.config.learner.loss,
                                self.config.actors.acting, self.monitor.learner_device, bytes_per_state, self.resumed,
-                               self.placement)
+                               self.placement, self.monitor.corrupt_chunks)
         summary = self.progress.write_summary(scores, session)
         self.metrics.log("summary", self.counters.updates, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
         return summary

@@ -22,6 +22,7 @@ class RunMonitor:
         self.latest_score: float | None = None
         self.latest_loss: float | None = None
         self.learner_device = "cpu"
+        self.corrupt_chunks = 0  # replay chunks the learner skipped, in all (TrainReport)
         self.last_progress = (0.0, 0, 0)  # (elapsed s, states labelled, updates) at the last progress line
 
     @property
@@ -40,6 +41,10 @@ class RunMonitor:
     def trained(self, report: TrainReport) -> None:
         self.counters.updates = report.updates
         self.learner_device = report.device
+        if report.corrupt_chunks > self.corrupt_chunks:
+            say(f"skipped {report.corrupt_chunks - self.corrupt_chunks} replay chunk(s) that failed to decode "
+                f"({report.corrupt_chunks} in all; store.max_corrupt_share bounds the share)")
+        self.corrupt_chunks = report.corrupt_chunks
         if report.loss is not None:
             self.latest_loss = report.loss
             self.metrics.log("learner", report.updates, asdict(report))

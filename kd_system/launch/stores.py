@@ -31,7 +31,8 @@ class RunStores:
             say(f"no store.redis_url set: started a local redis-server at {url} (stopped at exit)")
         for task in prepared.tasks:
             run_id = run_name + (f".{task.name}" if prepared.multi_task else "")
-            address = StoreAddress(url=url, run_id=run_id, capacity_states=config.store.capacity_states,
+            address = StoreAddress(url=url, run_id=run_id, max_corrupt_share=config.store.max_corrupt_share,
+                                   capacity_states=config.store.capacity_states,
                                    chunk_states=config.store.chunk_states)
             table = ReplayTable.from_address(address)
             if config.store.clear_on_start and not resumed:

@@ -170,6 +170,7 @@ class Learner:
             loss=sum(losses) / len(losses) if losses else None,
             updates_in_call=len(losses),
             replay_ratio=self.trained_since_connect / max(1, inserted),
+            corrupt_chunks=sum(table.corrupt_chunks for table in self.tables),
             call_s=elapsed,
             wait_input_frac=wait_input_s / elapsed,
             wait_limiter_frac=wait_limiter_s / elapsed,

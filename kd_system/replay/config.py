@@ -17,6 +17,9 @@ class StoreConfig(Section):
     capacity_states: StrictInt = Field(200_000, gt=0, description="states the ring holds before overwriting the oldest")
     chunk_states: StrictInt = Field(256, gt=0, description="states per chunk, the unit actors write")
     clear_on_start: StrictBool = Field(True, description="drop what a previous run with the same name left in the store")
+    max_corrupt_share: Number = Field(0.01, ge=0, le=1, description=(
+        "chunks that fail to decode are skipped and counted (summary: corrupt_chunks_skipped); the run ends "
+        "only when more than this share of the chunks the learner read were corrupt"))
 
     @field_validator("redis_url")
     @classmethod

@@ -27,6 +27,8 @@ class StoreAddress:
     run_id: str
     capacity_states: int
     chunk_states: int
+    # Chunks that fail to decode are skipped and counted; the run ends only above this share of reads.
+    max_corrupt_share: float = 0.01
 
     def __repr__(self) -> str:  # Ray logs reprs: never print the password
         return (f"StoreAddress(url={mask_url(self.url)!r}, run_id={self.run_id!r}, "

@@ -30,6 +30,9 @@ POLL_S = 0.005  # how often a held-back insert or sample re-reads the limiter's 
 _ARRAYS = tuple(f.name for f in fields(LabelledStates))
 
 
+_MIN_READS_FOR_SHARE = 100  # the share is judged over enough reads that one early bad chunk is not 100%
+
+
 class ReplayTable:
     """Bounded ring of ceil(capacity_states / chunk_states) chunk slots for one run.
 
@@ -50,6 +53,8 @@ class ReplayTable:
         self.sampled = 0  # states sampled through this handle (the learner's side of the limiter)
         self.inserted = 0  # states inserted into the run, as last read
         self.held_by_limiter = False  # the last sample() attempt was refused by the limiter
+        self.chunks_read = 0  # chunks the learner decoded through this handle ...
+        self.corrupt_chunks = 0  # ... and those that failed to, skipped
         self.wait_insert_s = 0.0  # time insert() spent held back by the limiter
         self._check_layout(claim=False)
 
@@ -186,8 +191,8 @@ class ReplayTable:
             if self.limiter is not None:  # the actors' inserts read it: one round trip with the slots
                 pipe.set(ns.key("sampled"), self.sampled)
             blobs = pipe.execute()[0]
-        # A slot reserved but not yet written reads as None: skip it.
-        parts = [p for p in (self._states_in(b) for b in blobs if b is not None) if len(p)]
+        # A slot reserved but not yet written reads as None: skip it. So is a chunk that fails to decode.
+        parts = [p for p in (self._readable(b) for b in blobs if b is not None) if p is not None and len(p)]
         if not parts:
             self._ring_full = False  # the run may have been cleared elsewhere: re-read the counter
             return None
@@ -207,6 +212,22 @@ class ReplayTable:
                 out[mine] = array[picks[mine] - starts[i]]
             gathered[name] = out
         return LabelledStates(**gathered)
+
+    def _readable(self, blob: bytes) -> LabelledStates | None:
+        """The chunk's states, or None for a corrupt chunk, counted: one bad chunk (a torn write, a
+        flipped bit) must not end a run, but a store returning mostly garbage must."""
+        self.chunks_read += 1
+        try:
+            return self._states_in(blob)
+        except CorruptChunkError as exc:
+            self.corrupt_chunks += 1
+            share = self.corrupt_chunks / self.chunks_read
+            if self.chunks_read >= _MIN_READS_FOR_SHARE and share > self.address.max_corrupt_share:
+                raise CorruptChunkError(f"{self.corrupt_chunks} of {self.chunks_read} replay chunks read in run "
+                                        f"{self.address.run_id!r} failed to decode ({share:.1%}, above "
+                                        f"store.max_corrupt_share {self.address.max_corrupt_share:g}); the last: "
+                                        f"{exc}") from None
+            return None
 
     def _states_in(self, blob: bytes) -> LabelledStates:
         arrays = decode_chunk(blob)[1]
