@@ -25,6 +25,26 @@ def test_replacement_collectors_get_seeds_no_other_collector_uses():
             used |= seeds
 
 
+def _started(pid: int) -> int:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[19])
+
+
+def _collectors_started_after(pid: int) -> list[int]:
+    """This run's collector processes: Ray workers of earlier tests may still be winding down."""
+    found = subprocess.run(["pgrep", "-f", "ray::Collector"], capture_output=True, text=True).stdout.split()
+    started = _started(pid)
+    mine = []
+    for candidate in map(int, found):
+        try:
+            if _started(candidate) >= started:
+                mine.append(candidate)
+        except (OSError, ValueError, IndexError):  # it ended meanwhile
+            pass
+    return mine
+
+
 @pytest.mark.slow
 def test_killing_a_collector_mid_run_is_survived_with_a_fresh_seed(tmp_path):
     runs = tmp_path / "runs"
@@ -62,7 +82,7 @@ def test_garbage_in_replay_slots_is_skipped_counted_and_the_run_goes_on(tmp_path
     runs, log = tmp_path / "runs", tmp_path / "stderr.log"
     command = [sys.executable, "-m", "kd_system.cli", "run", "--set", f"head.runs_dir={runs}",
                "--set", "head.target_score=null", "--set", "head.max_wall_s=40", "--set", "head.eval_episodes=5",
-               "--set", "head.final_eval_episodes=10"]
+               "--set", "head.final_eval_episodes=10", "--set", "store.max_corrupt_share=0.5"]
     with open(log, "w") as err:
         run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True)
         try:
@@ -74,10 +94,12 @@ def test_garbage_in_replay_slots_is_skipped_counted_and_the_run_goes_on(tmp_path
             client = redis.Redis.from_url(found.group(1))
             while not client.get(f"{found.group(2)}:chunks") and time.monotonic() < deadline:
                 time.sleep(0.5)  # the first chunks are in: now spoil some
-            time.sleep(5)
             garbage = os.urandom(4096)
-            for slot in range(3):
-                client.set(f"{found.group(2)}:slot:{slot}", garbage)
+            for _ in range(15):  # spoil the newest slots for a while: the learner is sure to draw some
+                written = int(client.get(f"{found.group(2)}:chunks") or 0)
+                for back in range(1, 4):
+                    client.set(f"{found.group(2)}:slot:{(written - back) % 782}", garbage)  # 200k / 256 slots
+                time.sleep(1)
             run.wait(timeout=240)
         finally:
             if run.poll() is None:
