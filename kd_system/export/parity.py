@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from kd_system.errors import CheckpointError
+from kd_system.learner.losses import kl_divergence
 from kd_system.policies.files import PolicySpec
 from kd_system.policies.opaque import load_opaque
 from kd_system.teachers.imports.states import env_states
@@ -29,15 +30,10 @@ def held_out_states(env_id: str) -> np.ndarray:
     return _cached_states(env_id).copy()
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - x.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
 def mean_kl(reference: np.ndarray, other: np.ndarray) -> float:
-    """Mean KL(softmax(reference) || softmax(other)) over states, temperature 1."""
-    log_p, log_q = _log_softmax(reference.astype(np.float64)), _log_softmax(other.astype(np.float64))
-    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
+    """Mean KL(softmax(reference) || softmax(other)) over states, temperature 1: the learner's own
+    measure (losses.kl_divergence), as the evaluator reports it."""
+    return float(kl_divergence(torch.from_numpy(np.asarray(other)), torch.from_numpy(np.asarray(reference)), 1.0))
 
 
 def compare(spec: PolicySpec, reference: np.ndarray, outputs: np.ndarray) -> Parity:
