@@ -107,6 +107,7 @@ class Learner:
         self.samples = 0
         self.trained_since_connect = 0  # states per task trained on by this learner process
         self.published_version = -1
+        self._wipes_seen = 0  # store wipes (a restarted redis-server) the tables noticed, as last acted on
 
     @property
     def num_params(self) -> int:
@@ -162,6 +163,10 @@ class Learner:
             self.trained_since_connect += self.config.batch_size
             if self.updates % self.config.publish_every_updates == 0:
                 self.publish()
+        if (wipes := sum(table.wipes for table in self.tables)) != self._wipes_seen:
+            # a restarted store lost the weights too: a collector started now must not act untrained
+            self._wipes_seen = wipes
+            self.publish()
         inserted = min(table.inserted for table in self.tables)
         elapsed = time.perf_counter() - start
         return TrainReport(

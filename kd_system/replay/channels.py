@@ -27,7 +27,9 @@ class WeightsChannel:
             self._ns.redis.hset(self._ns.key("weights"), mapping={"version": int(version), "blob": blob})
 
     def fetch(self, newer_than: int = -1) -> tuple[int, bytes] | None:
-        """(version, blob) if the published version is > newer_than, else None (one cheap HGET)."""
+        """(version, blob) if the published version is > newer_than, else None (one cheap HGET).
+        None too while nothing is published: before the learner's first publish, or after a
+        private redis-server restarted empty, until its next one (actors keep their weights)."""
         with self._ns.guard("fetching weights"):
             current = self._ns.redis.hget(self._ns.key("weights"), "version")
             if current is None or int(current) <= newer_than:

@@ -7,6 +7,7 @@ from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator, m
 from kd_system.config_base import Number, Section
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_RECONNECT_S = 60.0  # also StoreAddress's default, so addresses built by hand behave like a run's
 
 
 class StoreConfig(Section):
@@ -20,6 +21,10 @@ class StoreConfig(Section):
     max_corrupt_share: Number = Field(0.01, ge=0, le=1, description=(
         "chunks that fail to decode are skipped and counted (summary: corrupt_chunks_skipped); the run ends "
         "only when more than this share of the chunks the learner read were corrupt"))
+    reconnect_s: Number = Field(DEFAULT_RECONNECT_S, ge=0, description=(
+        "how long each component keeps retrying, with backoff, a Redis that stopped answering before "
+        "the run ends; a private redis-server that died is restarted by the head within a second "
+        "(its replay buffer refills). 0: end at the first lost connection"))
 
     @field_validator("redis_url")
     @classmethod

@@ -38,7 +38,11 @@ class ReplayTable:
 
     ``limiter`` None: inserts never wait and samples only wait for data. The limiter's two counts
     are the states inserted (kept in Redis) and the states this table handle sampled (the learner
-    holds one handle per task; its count is mirrored to Redis for the actors' inserts to read)."""
+    holds one handle per task; its count is mirrored to Redis for the actors' inserts to read).
+
+    A store that comes back empty (a private redis-server restarted by the head, or the run
+    cleared) is noticed by its counters reading lower than this handle last saw, and the handle
+    starts over (see _forget_store)."""
 
     def __init__(self, address: StoreAddress, limiter: SampleToInsertLimiter | None = None):
         if min(int(address.capacity_states), int(address.chunk_states)) < 1:
@@ -52,6 +56,8 @@ class ReplayTable:
         self._lock = threading.Lock()  # the learner's prefetch threads share a handle: reserve samples atomically
         self.sampled = 0  # states sampled through this handle (the learner's side of the limiter)
         self.inserted = 0  # states inserted into the run, as last read
+        self._chunks_seen = 0  # the chunk counter as last read or written: it only grows while the store lives
+        self.wipes = 0  # times this handle found the store emptied under it
         self.held_by_limiter = False  # the last sample() attempt was refused by the limiter
         self.chunks_read = 0  # chunks the learner decoded through this handle ...
         self.corrupt_chunks = 0  # ... and those that failed to, skipped
@@ -65,10 +71,13 @@ class ReplayTable:
     def __reduce__(self):  # pickling (e.g. into a Ray actor) reconnects from the address
         return (ReplayTable, (self.address, self.limiter))
 
+    def _layout(self) -> str:
+        return json.dumps({"num_slots": self.num_slots, "chunk_states": self.address.chunk_states})
+
     def _check_layout(self, claim: bool) -> None:
         # A writer with other sizes would silently scramble the ring. Only writers claim the
         # layout, so a connection check (constructing and closing a table) leaves no keys behind.
-        layout = json.dumps({"num_slots": self.num_slots, "chunk_states": self.address.chunk_states})
+        layout = self._layout()
         with self._ns.guard("checking the run layout"):
             pipe = self._ns.redis.pipeline()
             if claim:
@@ -79,6 +88,14 @@ class ReplayTable:
                              f"{stored.decode()}, this store wants {layout}: use the run's original "
                              "store.capacity_states/chunk_states, a new run name, or clear the run")
         self._layout_claimed = claim
+
+    def _forget_store(self) -> None:
+        """The store was emptied under this handle (a restarted server, a cleared run): what it
+        remembers no longer holds. The learner's sample count starts again at 0, so the limiter's
+        min_size_to_sample gates learning until the ring refills (a large stale count would stall
+        it for good); the next insert re-claims the layout. The caller holds self._lock."""
+        self.sampled = self.inserted = self._chunks_seen = 0
+        self._ring_full = self._layout_claimed = False
 
     # ---- insert ----------------------------------------------------------------------------
     def insert(self, chunks: list[LabelledChunk], timeout_s: float = 0.0) -> list[int]:
@@ -95,7 +112,15 @@ class ReplayTable:
             self._check_layout(claim=True)
         ns = self._ns
         with ns.guard("writing chunks"):
+            # A value seen before this INCRBY was sent cannot exceed where it starts, even with
+            # threads sharing the handle, unless the store was emptied in between.
+            seen = self._chunks_seen
             end = ns.redis.incrby(ns.key("chunks"), len(blobs))
+            with self._lock:
+                if end - len(blobs) < seen:
+                    self.wipes += 1
+                    self._forget_store()
+                self._chunks_seen = max(self._chunks_seen, end)
             seqs = list(range(end - len(blobs), end))
             pipe = ns.redis.pipeline(transaction=True)
             for seq, blob, n in zip(seqs, blobs, states):
@@ -104,6 +129,9 @@ class ReplayTable:
                 pipe.hset(ns.key("slot_bytes"), slot, len(blob))
                 pipe.hset(ns.key("slot_states"), slot, n)
             pipe.incrby(ns.key("states"), sum(states))
+            # With the data, atomically: a store emptied after this handle checked the layout gets
+            # it back with the first chunk, so no chunk ever sits in a ring without its layout.
+            pipe.setnx(ns.key("layout"), self._layout())
             pipe.execute()
         return seqs
 
@@ -162,8 +190,12 @@ class ReplayTable:
         with self._lock:
             with ns.guard("reading the replay counters"):
                 states, chunks = ns.redis.mget([ns.key("states"), ns.key("chunks")])
-            self.inserted = int(states or 0)
-            filled = min(int(chunks or 0), self.num_slots)
+            states, chunks = int(states or 0), int(chunks or 0)
+            if states < self.inserted or chunks < self._chunks_seen:  # counters only grow while the store lives
+                self.wipes += 1
+                self._forget_store()
+            self.inserted, self._chunks_seen = states, chunks
+            filled = min(chunks, self.num_slots)
             self._ring_full = filled == self.num_slots
             if self.limiter is None:
                 return filled
@@ -177,8 +209,8 @@ class ReplayTable:
     def _release(self, batch_size: int) -> None:
         """Give back a reservation that drew nothing (an empty or cleared table)."""
         if self.limiter is not None:
-            with self._lock:
-                self.sampled -= batch_size
+            with self._lock:  # not below 0: the reservation may predate a wipe that reset the count
+                self.sampled = max(0, self.sampled - batch_size)
                 with self._ns.guard("syncing the rate limiter"):
                     self._ns.redis.set(self._ns.key("sampled"), self.sampled)
 
@@ -261,7 +293,8 @@ class ReplayTable:
     def clear(self) -> None:
         """Delete this run's keys only (other runs on the same server are untouched)."""
         self._ns.delete_all()
-        self._ring_full = self._layout_claimed = False
+        with self._lock:
+            self._forget_store()
 
     def close(self) -> None:
         self._ns.close()
