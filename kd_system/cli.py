@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from kd_system.errors import KDError
+from kd_system.errors import KDError, RunFailed
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(f"kd-system: error: {message}", file=sys.stderr)
         return 2
+    except RunFailed as exc:  # the summary is written; the input was not at fault, so not 2
+        print(f"kd-system: run failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("kd-system: interrupted", file=sys.stderr)
         return 130

@@ -19,3 +19,8 @@ class StoreError(KDError):
 
 class CorruptChunkError(StoreError):
     pass
+
+
+class RunFailed(Exception):
+    """The run ended because a component kept dying or the store was lost for good. The summary is
+    written; the CLI prints the one line and exits 1 (not 2: the input was not at fault)."""

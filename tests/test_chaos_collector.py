@@ -74,36 +74,41 @@ def test_killing_a_collector_mid_run_is_survived_with_a_fresh_seed(tmp_path):
 
 
 @pytest.mark.slow
-def test_garbage_in_replay_slots_is_skipped_counted_and_the_run_goes_on(tmp_path):
-    import re
+def test_garbage_and_pickles_in_replay_slots_are_skipped_counted_and_the_run_goes_on(tmp_path):
+    import pickle
 
     import redis
 
+    from kd_system.replay.redis_server import LocalRedisServer
+
     runs, log = tmp_path / "runs", tmp_path / "stderr.log"
-    command = [sys.executable, "-m", "kd_system.cli", "run", "--set", f"head.runs_dir={runs}",
-               "--set", "head.target_score=null", "--set", "head.max_wall_s=40", "--set", "head.eval_episodes=5",
-               "--set", "head.final_eval_episodes=10", "--set", "store.max_corrupt_share=0.5"]
-    with open(log, "w") as err:
-        run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True)
-        try:
-            deadline, found = time.monotonic() + 90, None
-            while found is None and time.monotonic() < deadline:
-                found = re.search(r"replay store: (redis://\S+) namespace (kd:\S+?):", log.read_text())
-                time.sleep(0.5)
-            assert found, log.read_text()[-2000:]
-            client = redis.Redis.from_url(found.group(1))
-            while not client.get(f"{found.group(2)}:chunks") and time.monotonic() < deadline:
-                time.sleep(0.5)  # the first chunks are in: now spoil some
-            garbage = os.urandom(4096)
-            for _ in range(15):  # spoil the newest slots for a while: the learner is sure to draw some
-                written = int(client.get(f"{found.group(2)}:chunks") or 0)
-                for back in range(1, 4):
-                    client.set(f"{found.group(2)}:slot:{(written - back) % 782}", garbage)  # 200k / 256 slots
-                time.sleep(1)
-            run.wait(timeout=240)
-        finally:
-            if run.poll() is None:
-                run.kill()
+    # the run's own private server has a random password: give it one the test can write to
+    with LocalRedisServer() as server:
+        command = [sys.executable, "-m", "kd_system.cli", "run", "--set", f"head.runs_dir={runs}",
+                   "--set", "head.target_score=null", "--set", "head.max_wall_s=40", "--set", "head.eval_episodes=5",
+                   "--set", "head.final_eval_episodes=10", "--set", "store.max_corrupt_share=0.5",
+                   "--set", "head.run_name=spoiled", "--set", "store.redis_url=env:KD_TEST_REDIS_URL"]
+        client = redis.Redis.from_url(server.url)
+        with open(log, "w") as err:
+            run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True,
+                                   env={**os.environ, "KD_TEST_REDIS_URL": server.url})
+            try:
+                deadline = time.monotonic() + 90
+                while not client.get("kd:spoiled:chunks") and time.monotonic() < deadline:
+                    time.sleep(0.5)  # the first chunks are in: now spoil some
+                assert client.get("kd:spoiled:chunks"), log.read_text()[-2000:]
+                # random bytes, and a pickle that would run code if anything unpickled it
+                spoilers = [os.urandom(4096), pickle.dumps(eval), pickle.dumps({"obs": [1.0] * 64})]
+                for _ in range(15):  # spoil the newest slots for a while: the learner is sure to draw some
+                    written = int(client.get("kd:spoiled:chunks") or 0)
+                    for back, spoiler in enumerate(spoilers, start=1):
+                        client.set(f"kd:spoiled:slot:{(written - back) % 782}", spoiler)  # 200k / 256 slots
+                    time.sleep(1)
+                run.wait(timeout=240)
+            finally:
+                if run.poll() is None:
+                    run.kill()
+        client.close()
     stderr = log.read_text()
     assert run.returncode == 0, stderr[-3000:]
     (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]

@@ -9,7 +9,7 @@ from typing import Any
 import ray
 
 from kd_system.errors import KDError
-from kd_system.launch.head import ACTOR_CALL_S
+from kd_system.launch.recovery import ACTOR_CALL_S
 from kd_system.launch.preparation import Prepared
 from kd_system.config import RunConfig
 from kd_system.replay.connection import StoreAddress

@@ -112,6 +112,9 @@ class SessionFacts:
     resumed: bool
     placement: dict[str, Any] | None  # node ids of the components (launch.topology.placement)
     corrupt_chunks: int = 0  # replay chunks the learner skipped because they failed to decode
+    last_snapshot_scored: bool | None = None  # None: no last snapshot (the learner was dead at the end)
+    failure: str | None = None  # why the run gave up (launch/supervision.py), else None
+    component_deaths: int = 0  # components the head replaced or gave up on
 
 
 def run_summary(scores: dict[str, Any], progress: "RunProgress", session: SessionFacts) -> dict[str, Any]:
@@ -125,5 +128,14 @@ def run_summary(scores: dict[str, Any], progress: "RunProgress", session: Sessio
         "stop_reason": session.stop_reason, "loss": session.loss, "acting": session.acting,
         "learner_device": session.learner_device, "store_bytes_per_state": session.store_bytes_per_state,
         "evaluations": progress.selection.evaluations, "resumed": session.resumed, "placement": session.placement,
-        "corrupt_chunks_skipped": session.corrupt_chunks,
+        "corrupt_chunks_skipped": session.corrupt_chunks, "last_snapshot_scored": session.last_snapshot_scored,
+        "failure": session.failure, "component_deaths": session.component_deaths,
     }
+
+
+def unscored_summary(progress: "RunProgress", stop_reason: str | None, failure: str | None) -> dict[str, Any]:
+    """summary.json of a run that ended before its first snapshot: its counters and why, no scores."""
+    counters = progress.counters
+    return {"normalized_score": None, **counters.persistent(), "learner_updates": counters.updates,
+            "wall_s": progress.wall_s(), "session_wall_s": progress.elapsed(), "best_checkpoint": None,
+            "stop_reason": stop_reason, "failure": failure, "evaluations": progress.selection.evaluations}

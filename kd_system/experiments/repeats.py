@@ -3,7 +3,7 @@
 One seed per grid cell says what a method can do; a few seeds of the same config say whether it
 does so reliably. Seed s sets ``head.seed`` (actors' env seeds and the selection evaluations'
 episodes) and ``learner.seed`` (student initialisation and sampling). The final evaluation's
-episodes are the same for every seed (``head.FINAL_EVAL_SEED``), so the rows compare students on
+episodes are the same for every seed (``launch.ending.FINAL_EVAL_SEED``), so the rows compare students on
 identical games. Each seed is a real ``kd-system run`` subprocess; rerunning skips seeds whose
 ``summary.json`` exists and restarts unfinished ones.
 """

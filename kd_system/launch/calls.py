@@ -28,6 +28,12 @@ class SnapshotCall:
 
 
 @dataclass(frozen=True)
+class RestoreCall:
+    """A replacement learner loading the latest snapshot; it trains once this is done."""
+    snapshot: Path | None  # None: no snapshot yet, it starts from scratch
+
+
+@dataclass(frozen=True)
 class EvalCall:
     """One task's evaluation of a snapshot; the snapshot is scored once every task's is in."""
     snapshot: Path
@@ -36,4 +42,5 @@ class EvalCall:
     task_index: int
 
 
-Call = Union[CollectCall, TrainCall, BaselinesCall, SnapshotCall, EvalCall]
+Call = Union[CollectCall, TrainCall, BaselinesCall, SnapshotCall, RestoreCall, EvalCall]
+LEARNER_CALLS = (TrainCall, SnapshotCall, RestoreCall)

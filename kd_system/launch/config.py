@@ -27,6 +27,9 @@ class HeadConfig(Section):
     max_updates: StrictInt | None = Field(None, description="stop after this many learner updates; null: no limit")
     max_wall_s: Number | None = Field(150.0, description="stop after this many seconds; null: no limit")
     progress_every_s: Number = Field(2.0, description="seconds between progress lines")
+    max_deaths: StrictInt = Field(3, ge=1, description=(
+        "a component that dies this many times within death_window_s ends the run (with a summary, exit 1)"))
+    death_window_s: Number = Field(60.0, gt=0, description="the window max_deaths counts deaths in")
     seed: StrictInt = 0
 
     @field_validator("run_name")

@@ -1,6 +1,7 @@
 """The head's supervision loop: one remote call in flight per component, snapshots and
-evaluations without pausing training, a stop on the target score or a budget, and at the end a
-final evaluation of the best snapshot on fresh episodes. What the run keeps on disk is
+evaluations without pausing training, dead components replaced (launch/recovery.py), a stop on
+the target score or a budget, and at the end a last snapshot and a final evaluation of the best
+snapshot on fresh episodes (launch/ending.py). What the run keeps on disk is
 checkpoints.progress's job; launch.run starts everything the head is handed, and stops it."""
 from __future__ import annotations
 
@@ -11,20 +12,17 @@ import ray
 
 from kd_system.checkpoints.progress import RunProgress
 from kd_system.checkpoints.run_dir import load_snapshot
-from kd_system.checkpoints.summary import SessionFacts
 from kd_system.config import RunConfig
-from kd_system.errors import KDError
-from kd_system.launch.calls import BaselinesCall, Call, CollectCall, EvalCall, SnapshotCall, TrainCall
-from kd_system.launch.final import final_scores
+from kd_system.errors import KDError, StoreError
+from kd_system.launch.calls import BaselinesCall, Call, CollectCall, EvalCall, RestoreCall, SnapshotCall, TrainCall
+from kd_system.launch.ending import Ending
 from kd_system.launch.monitor import RunMonitor
 from kd_system.launch.preparation import Prepared
+from kd_system.launch.recovery import ACTOR_CALL_S, Recovery
 from kd_system.launch.stores import RunStores
-from kd_system.launch.topology import Components, make_collector
+from kd_system.launch.supervision import DeathLog
+from kd_system.launch.topology import Components
 from kd_system.metrics import MetricsLog, say
-
-ACTOR_CALL_S = 1.0  # each remote call runs this long, so the head reacts within about a second
-FINAL_EVAL_SEED = 1_000_000  # fresh seeds: the final score is not the one the best snapshot was picked on
-EVAL_DRAIN_S = 600.0  # an evaluation running at the stop is one round of eval_episodes: worth its wait
 
 
 def _unwrap(exc: Exception) -> Exception:
@@ -33,7 +31,7 @@ def _unwrap(exc: Exception) -> Exception:
     return cause if isinstance(cause, KDError) else exc
 
 
-class Head:
+class Head(Recovery, Ending):
     def __init__(self, config: RunConfig, prepared: Prepared, components: Components, stores: RunStores,
                  progress: RunProgress, metrics: MetricsLog, placement: dict[str, Any] | None, resumed: bool):
         self.config, self.prepared, self.components, self.stores = config, prepared, components, stores
@@ -47,6 +45,9 @@ class Head:
         self.queued_eval: tuple[Path, int, int] | None = None  # (snapshot, updates, env_steps)
         self.learner_idle = True
         self.last_snapshot = (0.0, 0)  # (elapsed s, updates)
+        self.deaths = DeathLog(config.head.max_deaths, config.head.death_window_s)
+        self.failure: str | None = None  # why the run gave up, for the summary and the exit status
+        self.learner_alive = True
 
     # ---- the supervision loop ---------------------------------------------------------------
     def supervise(self) -> None:
@@ -71,32 +72,33 @@ class Head:
                 self._handle(self.pending.pop(ref), ref)
             self._start_queued_eval()
             self._schedule()
+            self._check_store()
 
     def _handle(self, call: Call, ref: Any) -> None:
         try:
             result = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            if not isinstance(call, CollectCall):
-                raise
-            self.replacements[call.actor_index] = self.replacements.get(call.actor_index, 0) + 1
-            say(f"actor {call.actor_index} died ({type(exc).__name__}); starting replacement "
-                f"#{self.replacements[call.actor_index]} with fresh env seeds")
-            self.components.collectors[call.actor_index] = make_collector(
-                self.config, call.actor_index, self.components.collector_tasks[call.actor_index], self.prepared,
-                self.stores.addresses, incarnation=self.replacements[call.actor_index])
-            result = None
+            self._died(call, exc)
+            return
         except ray.exceptions.RayTaskError as exc:
-            raise _unwrap(exc) from None
+            error = _unwrap(exc)
+            if isinstance(error, StoreError) and self.stop_reason is None:
+                # the store is gone past store.reconnect_s: end with a last snapshot and a summary
+                self._give_up(f"the replay store failed ({error})")
+                return
+            raise error from None
         match call:
             case CollectCall(actor_index=index):
-                if result is not None:  # None: the actor died and was replaced
-                    self.monitor.collected(result)
+                self.monitor.collected(result)
                 self.pending[self.components.collectors[index].collect.remote(ACTOR_CALL_S)] = call
             case TrainCall():
                 self.monitor.trained(result)
                 self.learner_idle = True
+            case RestoreCall():
+                self.learner_idle = True
             case BaselinesCall(task_index=index):
-                self.monitor.baselines_in(index, result)
+                if index not in self.monitor.baselines:  # a replacement evaluator's repeat is not news
+                    self.monitor.baselines_in(index, result)
             case SnapshotCall():
                 self.snapshot_in_flight = False
                 self.queued_eval = (self.progress.snapshot(result), result.updates, self.counters.env_steps)
@@ -106,6 +108,17 @@ class Head:
                     self.eval_in_flight = False
                 if stop_reason is not None:
                     self.stop_reason = stop_reason
+
+    def _check_store(self) -> None:
+        """A private redis-server that died is restarted on its port (replay/redis_server.py);
+        the components reconnect by themselves within store.reconnect_s."""
+        try:
+            note = self.stores.check()
+        except StoreError as exc:
+            self._give_up(f"the replay store failed ({exc})")
+            return
+        if note:
+            say(note)
 
     def _start_queued_eval(self) -> None:
         # a score is normalized by the teacher's and the random policy's returns: wait for them
@@ -133,7 +146,7 @@ class Head:
             self.monitor.report_progress()
         if cfg.max_updates is not None and self.counters.updates >= cfg.max_updates:
             self.stop_reason = f"max_updates {cfg.max_updates} reached"
-        if cfg.max_wall_s is not None and now >= cfg.max_wall_s:
+        if cfg.max_wall_s is not None and self.progress.wall_s() >= cfg.max_wall_s:  # over every session of the run
             self.stop_reason = f"max_wall_s {cfg.max_wall_s} reached"
         if self.learner_idle and self.stop_reason is None:  # after any get_state above: the learner runs calls in order
             every = cfg.snapshot_every_updates
@@ -141,54 +154,3 @@ class Head:
             stops = [n for n in (cfg.max_updates, next_snapshot) if n is not None and n > self.counters.updates]
             self.pending[self.components.learner.train.remote(ACTOR_CALL_S, min(stops, default=None))] = TrainCall()
             self.learner_idle = False
-
-    # ---- the stop ---------------------------------------------------------------------------
-    def finish(self) -> dict[str, Any]:
-        """End the components' work, take a last snapshot, score the best snapshot on fresh
-        episodes and write summary.json; returns the summary."""
-        self._count_last_calls()
-        for collector in self.components.collectors:
-            ray.kill(collector, no_restart=True)
-        self._finish_evaluations()
-        self.monitor.report_progress()
-        self.progress.snapshot(ray.get(self.components.learner.get_state.remote()))
-        ray.kill(self.components.learner, no_restart=True)
-        bytes_per_state = self.stores.bytes_per_state()
-        episodes = self.config.head.final_eval_episodes
-        scores = final_scores(self.prepared, self.components.evaluators, self.progress, self.metrics,
-                              episodes, FINAL_EVAL_SEED)
-        session = SessionFacts(episodes, FINAL_EVAL_SEED, self.stop_reason, self.config.learner.loss,
-                               self.config.actors.acting, self.monitor.learner_device, bytes_per_state, self.resumed,
-                               self.placement, self.monitor.corrupt_chunks)
-        summary = self.progress.write_summary(scores, session)
-        self.metrics.log("summary", self.counters.updates, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        return summary
-
-    def _count_last_calls(self) -> None:
-        """Let the collect and train calls in flight end cleanly, and count their work too."""
-        in_flight = [ref for ref, call in self.pending.items() if isinstance(call, (CollectCall, TrainCall))]
-        ended, _ = ray.wait(in_flight, num_returns=len(in_flight), timeout=3 * ACTOR_CALL_S)
-        for ref in ended:
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayError:
-                continue
-            if isinstance(self.pending[ref], CollectCall):
-                self.counters.add_collect(result)
-            else:
-                self.counters.updates = max(self.counters.updates, result.updates)
-
-    def _finish_evaluations(self) -> None:
-        """Let evaluations already running end and count them: the snapshot they score may be the
-        best one, and a short run (max_updates reached within a few learner calls) would otherwise
-        stop with none on record."""
-        running = [ref for ref, call in self.pending.items() if isinstance(call, EvalCall)]
-        if not running:
-            return
-        ended, _ = ray.wait(running, num_returns=len(running), timeout=EVAL_DRAIN_S)
-        for ref in ended:
-            try:
-                report = ray.get(ref)
-            except ray.exceptions.RayError:
-                continue
-            self.monitor.task_evaluated(self.pending[ref], report)  # a target reached now does not rename the stop

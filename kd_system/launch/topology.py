@@ -75,10 +75,10 @@ def _resources(name: str | None) -> dict[str, float]:
     return {name: 0.001} if name else {}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Components:
-    """Handles of the run's Ray actors. Frozen, but for ``collectors``: the head replaces a dead
-    collector in that list, in place, so every reader sees the live one."""
+    """Handles of the run's Ray actors. Not frozen: the head replaces a dead component in place
+    (launch/supervision.py), so every reader sees the live one."""
     collectors: list[Any]
     collector_tasks: list[int]  # the task index each collector works for
     learner: Any
@@ -127,6 +127,22 @@ def make_collector(config: RunConfig, actor_id: int, task_index: int, prepared: 
                              task.student_spec)
 
 
+def make_learner(config: RunConfig, prepared: Prepared, stores: list[StoreAddress], gpus: float) -> Any:
+    """A learner from scratch; the head restores a replacement's state from the latest snapshot."""
+    learner_tasks = [LearnerTask(store, task.student_spec, task.label_kind, task.label_temperature)
+                     for store, task in zip(stores, prepared.tasks)]
+    return _placed(Learner).options(num_cpus=config.learner.num_cpus, num_gpus=gpus,
+                                    resources=_resources(config.learner.ray_resource)).remote(
+        config.learner, learner_tasks, limiter_of(config))
+
+
+def make_evaluator(config: RunConfig, prepared: Prepared, task_index: int) -> Any:
+    task = prepared.tasks[task_index]
+    return _placed(Evaluator).options(num_cpus=config.head.evaluator_num_cpus).remote(
+        task.env_id, task.teacher, config.head.heldout_states, temperature=config.learner.temperature,
+        student_temperature=config.learner.student_temperature)
+
+
 def check_cpu_reservations(config: RunConfig, actors_per_task: int, num_tasks: int, cluster_cpus: float) -> None:
     """Refuse reservations a fixed cluster can never grant: Ray would leave the last component
     pending forever, and the run would hang without a word."""
@@ -150,23 +166,22 @@ def start_components(config: RunConfig, prepared: Prepared, stores: list[StoreAd
     collector_tasks = [t for t in range(len(prepared.tasks)) for _ in range(per_task)]
     collectors = [make_collector(config, i, t, prepared, stores) for i, t in enumerate(collector_tasks)]
     gpus = learner_gpus(config)
-    learner_tasks = [LearnerTask(store, task.student_spec, task.label_kind, task.label_temperature)
-                     for store, task in zip(stores, prepared.tasks)]
-    learner = _placed(Learner).options(num_cpus=config.learner.num_cpus, num_gpus=gpus,
-                                       resources=_resources(config.learner.ray_resource)).remote(
-        config.learner, learner_tasks, limiter_of(config))
-    evaluators = [_placed(Evaluator).options(num_cpus=config.head.evaluator_num_cpus).remote(
-        task.env_id, task.teacher, config.head.heldout_states, temperature=config.learner.temperature,
-        student_temperature=config.learner.student_temperature) for task in prepared.tasks]
+    learner = make_learner(config, prepared, stores, gpus)
+    evaluators = [make_evaluator(config, prepared, task_index) for task_index in range(len(prepared.tasks))]
     return Components(collectors, collector_tasks, learner, evaluators, gpus)
 
 
 def placement(components: Components) -> dict[str, Any]:
-    """Node id of every component, for the summary and for tests of multi-node placement."""
-    return {"learner": ray.get(components.learner.node_id.remote()),
-            "evaluator": ray.get(components.evaluators[0].node_id.remote()),
-            "actors": ray.get([c.node_id.remote() for c in components.collectors]),
-            "head": ray.get_runtime_context().get_node_id()}
+    """Node id of every component, for the summary and for tests of multi-node placement; None for
+    one that died already (the head replaces it when its first call fails)."""
+    def node_of(handle: Any) -> str | None:
+        try:
+            return ray.get(handle.node_id.remote())
+        except ray.exceptions.RayActorError:
+            return None
+
+    return {"learner": node_of(components.learner), "evaluator": node_of(components.evaluators[0]),
+            "actors": [node_of(c) for c in components.collectors], "head": ray.get_runtime_context().get_node_id()}
 
 
 def stop_components(components: Components) -> None:
