@@ -12,6 +12,7 @@ from kd_system.checkpoints.run_dir import RunDirectory
 from kd_system.checkpoints.selection import BestSnapshot, SnapshotSelection
 from kd_system.launch.calls import EvalCall
 from kd_system.launch.monitor import RunMonitor
+from kd_system.metrics import MetricsLog, ResumedAt
 from kd_system.policies.files import PolicyBundle, PolicySpec
 from kd_system.policies.networks import build_network, count_parameters
 from kd_system.types import EvalReport, LearnerState
@@ -90,3 +91,71 @@ def test_a_multi_task_snapshot_is_scored_once_every_task_is_in(tmp_path):
     assert record["a.normalized_score"] == 1.02 and "b.agreement_teacher_states" not in record
     assert "student_returns" not in record and record["agreement_teacher_states"] == 0.9
     assert math.isnan(record["kl_teacher_states"])
+
+
+def test_run_state_names_the_latest_snapshot_and_its_updates_not_the_live_count(tmp_path):
+    progress = progress_in(tmp_path, SnapshotSelection(None, 0, True))
+    progress.counters.wall_s_before = 100.0
+    first = progress.snapshot(learner_state(10))
+    progress.counters.updates = 715  # the learner trained on (monitor.trained): no snapshot holds that
+    progress.counters.add_collect(SimpleNamespace(actor_id=0, env_steps=900, states_written=800, rollout_steps=0))
+    progress.evaluated(first, 10, 900, eval_report(0.8).record())
+    state = progress.run.read_state()
+    assert (state["snapshot"], state["updates"], state["env_steps"]) == ("update-000000010", 10, 900)
+    assert state["wall_s"] > 100.0 and state["best"]["path"] == str(first)
+    point = resume_point(progress.run)
+    assert (point.snapshot.name, point.updates, point.counters.updates) == (state["snapshot"], 10, 10)
+    assert point.counters.env_steps == 900 and point.counters.wall_s_before == state["wall_s"]
+    assert point.best.path == str(first) and point.best.score == 0.8
+
+    resumed = RunProgress(progress.run, ["cartpole"], 2, SnapshotSelection(None, 0, True, best=point.best),
+                          point.counters, started=0.0, resumed_from=point.snapshot)
+    resumed.write_state()  # before its first snapshot, a resumed run names the one it continues
+    assert resumed.run.read_state()["snapshot"] == "update-000000010"
+    assert resumed.wall_s() > state["wall_s"]  # the wall budget counts on from the earlier sessions
+
+
+def test_a_head_killed_between_snapshot_and_run_state_resumes_from_the_snapshot(tmp_path):
+    progress = progress_in(tmp_path, SnapshotSelection(None, 0, True))
+    progress.snapshot(learner_state(10))
+    before = progress.run.read_state()
+    # what progress.snapshot writes first; the kill came before run_state.json
+    progress.run.write_snapshot(learner_state(20), {"env_steps": 2000, "states_labelled": 1500,
+                                                    "rollout_steps": 0, "wall_s": before["wall_s"] + 10}, ["cartpole"])
+    point = resume_point(progress.run)
+    assert (point.snapshot.name, point.updates) == ("update-000000020", 20)
+    assert (point.counters.env_steps, point.counters.states_labelled) == (2000, 1500)
+    assert point.counters.wall_s_before == before["wall_s"] + 10
+
+
+def read_scalars(where, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(where))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_a_resumed_run_logs_no_step_twice_in_jsonl_or_tensorboard(tmp_path):
+    jsonl, board = tmp_path / "metrics.jsonl", tmp_path / "tensorboard"
+    killed = MetricsLog(jsonl, board)
+    for updates, env_steps in [(10, 100), (20, 200), (30, 300), (40, 400)]:
+        killed.log("learner", updates, {"loss": 1.0})
+        killed.log("actor", env_steps, {"behaviour_return_mean": 1.0})
+        killed.log("progress", updates, {"env_steps": env_steps})
+    killed.log("eval", 20, {"normalized_score": 0.5})
+    killed.close()
+    with open(jsonl, "a") as torn:
+        torn.write('{"kind": "learner", "step": 4')  # SIGKILL mid-line
+
+    resumed = MetricsLog(jsonl, board, ResumedAt(updates=20, env_steps=300))  # snapshot 20; run_state at 300
+    kept = [(r["kind"], r["step"]) for r in map(json.loads, jsonl.read_text().splitlines())]
+    assert kept == [("learner", 10), ("actor", 100), ("progress", 10), ("learner", 20), ("actor", 200),
+                    ("progress", 20), ("actor", 300), ("eval", 20)]
+    for updates, env_steps in [(30, 400), (40, 500)]:
+        resumed.log("learner", updates, {"loss": 2.0})
+        resumed.log("actor", env_steps, {"behaviour_return_mean": 2.0})
+    resumed.close()
+    assert read_scalars(board, "learner/loss") == [(10, 1.0), (20, 1.0), (30, 2.0), (40, 2.0)]
+    assert read_scalars(board / "env_steps", "actor/behaviour_return_mean") == [
+        (100, 1.0), (200, 1.0), (300, 1.0), (400, 2.0), (500, 2.0)]

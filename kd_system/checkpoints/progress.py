@@ -54,25 +54,32 @@ class ResumePoint:
 
 
 def resume_point(run: RunDirectory) -> ResumePoint | None:
-    """Where a resumed run continues; None if it stopped before its first snapshot."""
+    """Where a resumed run continues: the latest whole snapshot; None if it stopped before its first."""
     snapshots = run.snapshots()
     if not snapshots:
         return None
     bundles, optimizer, saved = load_snapshot(snapshots[-1])
     state = run.read_state()
-    # run_state.json is written after every snapshot and evaluation, so it is the fresher record
-    counters = RunCounters(**{name: int(state.get(name, saved.get(name, 0))) for name in PERSISTENT},
-                           updates=saved["updates"], wall_s_before=float(state.get("wall_s", 0.0)))
+    # run_state.json names this snapshot and is written after it and after every evaluation, so its
+    # counters and wall time are the fresher; a head killed between writing the snapshot and the
+    # state leaves the snapshot's own the fresher. Both only grow over a run: take the larger.
+    counters = RunCounters(**{name: max(int(state.get(name, 0)), int(saved.get(name, 0))) for name in PERSISTENT},
+                           updates=saved["updates"],
+                           wall_s_before=max(float(state.get("wall_s", 0.0)), float(saved.get("wall_s", 0.0))))
     return ResumePoint(snapshots[-1], [bundle.weights for bundle in bundles], optimizer, saved["updates"],
                        saved["samples"], counters, BestSnapshot.from_json(state.get("best")))
 
 
 class RunProgress:
     def __init__(self, run: RunDirectory, task_names: list[str], keep_snapshots: int,
-                 selection: SnapshotSelection, counters: RunCounters, started: float):
-        """``started``: the session's perf_counter start, so its wall time covers Ray's start-up too."""
+                 selection: SnapshotSelection, counters: RunCounters, started: float,
+                 resumed_from: Path | None = None):
+        """``started``: the session's perf_counter start, so its wall time covers Ray's start-up too.
+        ``resumed_from``: the snapshot a resumed run continues (``counters.updates`` are its)."""
         self.run, self.task_names, self.keep_snapshots = run, task_names, keep_snapshots
         self.selection, self.counters, self.started = selection, counters, started
+        # the latest snapshot and its updates: run_state.json names them, not the learner's live count
+        self.latest: tuple[Path, int] | None = (resumed_from, counters.updates) if resumed_from else None
 
     def elapsed(self) -> float:
         """Seconds since this session started."""
@@ -84,15 +91,24 @@ class RunProgress:
 
     def snapshot(self, state: LearnerState) -> Path:
         self.counters.updates = state.updates
-        path = self.run.write_snapshot(state, self.counters.persistent(), self.task_names)
+        path = self.run.write_snapshot(state, {**self.counters.persistent(), "wall_s": self.wall_s()},
+                                       self.task_names)
+        self.latest = (path, state.updates)
         best = self.selection.best
         self.run.prune(self.keep_snapshots, {Path(best.path)} if best else set())
         self.write_state()
         return path
 
     def write_state(self) -> None:
+        """run_state.json: the latest snapshot and its updates (where a resume continues), the
+        counters that outlive it, the wall time so far (a resumed run's budget counts on from it)
+        and the best snapshot. Written at every snapshot and evaluation, so a head killed at any
+        moment loses at most a snapshot interval of wall time from the record."""
+        if self.latest is None:  # nothing to resume from yet
+            return
+        path, updates = self.latest
         best = self.selection.best
-        self.run.write_state({**self.counters.persistent(), "updates": self.counters.updates,
+        self.run.write_state({"snapshot": path.name, "updates": updates, **self.counters.persistent(),
                               "wall_s": self.wall_s(), "best": best.to_json() if best else None})
 
     def evaluated(self, snapshot: Path, updates: int, env_steps: int, report: dict[str, Any]) -> dict[str, Any]:
@@ -101,10 +117,9 @@ class RunProgress:
         record = {**report, "updates": updates, "env_steps": env_steps, "snapshot": str(snapshot)}
         self.run.write_eval(snapshot, record)
         # a single task's report lacks the agreement when the evaluator had no held-out states
-        if self.selection.record(snapshot, updates, record["normalized_score"],
-                                 record.get("agreement_teacher_states", 0.0),
-                                 record.get("normalized_score_ci95_high", NAN)):
-            self.write_state()
+        self.selection.record(snapshot, updates, record["normalized_score"],
+                              record.get("agreement_teacher_states", 0.0), record.get("normalized_score_ci95_high", NAN))
+        self.write_state()  # the best may have changed, and the wall time moved on
         return record
 
     def write_summary(self, scores: dict[str, Any], session: SessionFacts) -> dict[str, Any]:

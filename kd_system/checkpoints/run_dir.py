@@ -60,6 +60,14 @@ class RunDirectory:
         save_config(config, run.config_path)
         return run
 
+    def remove_if_unused(self) -> None:
+        """Remove a new run's directory that holds nothing but what ``create`` wrote (a run refused
+        once Ray was up, e.g. more actors than the cluster holds): no stub is left behind. Anything
+        more (a snapshot, metrics, a summary) and it stays."""
+        made = {self.config_path, self.snapshots_dir}
+        if all(path in made for path in self.root.iterdir()) and not any(self.snapshots_dir.iterdir()):
+            shutil.rmtree(self.root)
+
     @classmethod
     def open_existing(cls, path: str, overrides: list[str]) -> tuple["RunDirectory", RunConfig]:
         root = Path(path).expanduser()

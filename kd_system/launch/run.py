@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
 import ray
 
-from kd_system.checkpoints.progress import RunCounters, RunProgress, resume_point
+from kd_system.checkpoints.progress import ResumePoint, RunCounters, RunProgress, resume_point
 from kd_system.checkpoints.run_dir import RunDirectory
 from kd_system.checkpoints.selection import SnapshotSelection
 from kd_system.config import RunConfig
@@ -18,7 +19,8 @@ from kd_system.launch.head import Head
 from kd_system.launch.preparation import Prepared, prepare
 from kd_system.launch.stores import RunStores
 from kd_system.launch.topology import Components, connect_ray, placement, start_components, stop_components
-from kd_system.metrics import MetricsLog, say
+from kd_system.launch.watchdog import Watchdog
+from kd_system.metrics import MetricsLog, ResumedAt, say
 from kd_system.teachers.imports.writing import write_imported
 
 
@@ -26,37 +28,43 @@ def run(config: RunConfig, run_dir: RunDirectory, address: str | None = None, re
     """Distil until a stop condition holds; returns the summary (also in the run's summary.json)."""
     started = time.perf_counter()  # the run's wall time counts Ray's start-up too
     prepared = _keep_imported_teachers(prepare(config), run_dir)
+    point = resume_point(run_dir) if resumed else None  # read (and checked) before anything starts
     whose = "the teacher's" if not prepared.multi_task else f"the {len(prepared.tasks)} teachers' combined"
     say(f"run directory {run_dir.root}; student {prepared.student_params} params = "
         f"{prepared.student_params / prepared.teacher_params:.1%} of {whose} {prepared.teacher_params}")
-    stores: RunStores | None = None
-    components: Components | None = None
-    metrics: MetricsLog | None = None
-    started_ray = False
-    try:
+    with ExitStack() as stop:  # stops what was started, in reverse order, each even if another fails
         stores = RunStores(config, run_dir.root.name, prepared, resumed)
+        stop.callback(stores.close)
         started_ray = connect_ray(address)
         local = started_ray and not (address or os.environ.get("RAY_ADDRESS"))
+        if started_ray:  # a Ray this process started, it stops; a local one has a watchdog if it dies first
+            stop.callback(_stop_ray, Watchdog.for_local_ray() if local else None)
         components = start_components(config, prepared, stores.addresses, fixed_cluster=local)
-        metrics = MetricsLog(run_dir.metrics_path, run_dir.tensorboard_dir)
+        stop.callback(stop_components, components)
+        counters = point.counters if point else RunCounters()
+        metrics = MetricsLog(run_dir.metrics_path, run_dir.tensorboard_dir,
+                             ResumedAt(counters.updates, counters.env_steps) if resumed else None)
+        stop.callback(metrics.close)
         where = placement(components)
-        say(f"placement: learner on node {where['learner'][:8]}, actors on "
-            f"{sorted({node[:8] for node in where['actors']})}")
-        progress = _progress(config, run_dir, prepared, components, resumed, started)
+        say(f"placement: learner on node {(where['learner'] or 'gone')[:8]}, actors on "
+            f"{sorted({(node or 'gone')[:8] for node in where['actors']})}")
+        progress = _progress(config, run_dir, prepared, components, resumed, point, counters, started)
         head = Head(config, prepared, components, stores, progress, metrics, where, resumed)
         head.supervise()
         summary = head.finish()
         _say_outcome(summary, prepared, run_dir)
         return summary
+
+
+def _stop_ray(watchdog: Watchdog | None) -> None:
+    """ray.shutdown(); the watchdog of a local Ray ends what is left of it if the shutdown failed."""
+    clean = False
+    try:
+        ray.shutdown()
+        clean = True
     finally:
-        if components is not None:
-            stop_components(components)
-        if metrics is not None:
-            metrics.close()
-        if started_ray:
-            ray.shutdown()
-        if stores is not None:
-            stores.close()
+        if watchdog is not None:
+            watchdog.close(clean)
 
 
 def _keep_imported_teachers(prepared: Prepared, run_dir: RunDirectory) -> Prepared:
@@ -75,13 +83,13 @@ def _keep_imported_teachers(prepared: Prepared, run_dir: RunDirectory) -> Prepar
 
 
 def _progress(config: RunConfig, run_dir: RunDirectory, prepared: Prepared, components: Components,
-              resumed: bool, started: float) -> RunProgress:
+              resumed: bool, point: ResumePoint | None, counters: RunCounters, started: float) -> RunProgress:
     """The run's bookkeeping; a resumed run continues its latest snapshot, learner included."""
-    point = resume_point(run_dir) if resumed else None
     if point is not None:
         ray.get(components.learner.load_state.remote(point.student_weights, point.optimizer, point.updates,
                                                      point.samples))
-        say(f"resumed from {point.snapshot} at update {point.updates}")
+        say(f"resumed from {point.snapshot} at update {point.updates} ({point.counters.wall_s_before:.0f} s of "
+            "wall time before)")
     elif resumed:
         say("resume: no snapshot yet, starting the student from scratch")
     # students of lookahead labels are meant to depart from the teacher: see selection_key
@@ -89,7 +97,7 @@ def _progress(config: RunConfig, run_dir: RunDirectory, prepared: Prepared, comp
     selection = SnapshotSelection(config.head.target_score, config.head.evals_after_target, rank_by_agreement,
                                   best=point.best if point else None)
     return RunProgress(run_dir, [task.name for task in prepared.tasks], config.head.keep_snapshots, selection,
-                       point.counters if point else RunCounters(), started)
+                       counters, started, resumed_from=point.snapshot if point else None)
 
 
 def _say_outcome(summary: dict[str, Any], prepared: Prepared, run_dir: RunDirectory) -> None:
