@@ -37,7 +37,12 @@ def _run(args: argparse.Namespace) -> int:
             check_reachable(url)
         run = RunDirectory.create(config.head.runs_dir, name, config)
     # The run directory keeps env:NAME references; the processes get what they name.
-    summary = distil(with_secrets(config), run, address=args.address, resumed=bool(args.resume))
+    try:
+        summary = distil(with_secrets(config), run, address=args.address, resumed=bool(args.resume))
+    except KDError:
+        if not args.resume:
+            run.remove_if_unused()  # refused before it did anything (e.g. more actors than the cluster): no stub
+        raise
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -1,11 +1,15 @@
 """The learner and the evaluator are replaced when they die, as collectors are; a component that
 keeps dying ends the run with a summary and exit 1 (issue 16). Real runs, real kill -9."""
 import json
+import os
 import re
+import subprocess
+import time
 
 import pytest
 
 from kd_system.launch.supervision import DeathLog, death_of
+from kd_system.replay.redis_server import LocalRedisServer
 from tests.chaos import kill, newest, settings, start, wait_for
 
 
@@ -120,3 +124,54 @@ def test_a_killed_private_redis_server_is_restarted_and_the_run_reaches_its_targ
     assert summary["normalized_score"] >= 1.0 and summary["stop_reason"].startswith("target score")
     left = family.leftovers()
     assert not left, left
+
+
+def _external_run(tmp_path, server, *overrides):
+    runs, log = tmp_path / "runs", tmp_path / "console.log"
+    command = settings(runs, "store.redis_url=env:KD_TEST_REDIS_URL", *overrides)
+    env = {**os.environ, "KD_TEST_REDIS_URL": server.url}
+    with open(log, "w") as out:
+        run = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+    return run, runs, log
+
+
+@pytest.mark.slow
+def test_a_users_redis_that_comes_back_within_reconnect_s_is_reconnected_to(tmp_path):
+    with LocalRedisServer() as server:
+        run, runs, log = _external_run(tmp_path, server, *MID_RUN)
+        try:
+            assert wait_for(lambda: _snapshot_taken(runs), 120), log.read_text()[-3000:]
+            kill(server.pid)
+            time.sleep(5)  # every component is now retrying
+            server.restart()
+            run.wait(timeout=300)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    console = log.read_text()
+    assert run.returncode == 0, console[-3000:]
+    assert "Traceback" not in console
+    summary = json.loads((_run_dir(runs) / "summary.json").read_text())
+    assert summary["normalized_score"] >= 1.0 and summary["stop_reason"].startswith("target score")
+
+
+@pytest.mark.slow
+def test_a_users_redis_gone_past_reconnect_s_ends_the_run_with_a_snapshot_and_a_summary(tmp_path):
+    with LocalRedisServer() as server:
+        run, runs, log = _external_run(tmp_path, server, "head.target_score=null", "head.max_wall_s=120",
+                                       "store.reconnect_s=5")
+        try:
+            assert wait_for(lambda: _snapshot_taken(runs), 120), log.read_text()[-3000:]
+            kill(server.pid)
+            run.wait(timeout=240)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    console = log.read_text()
+    assert run.returncode == 1, console[-3000:]
+    assert "Traceback" not in console
+    failed = [line for line in console.splitlines() if line.startswith("kd-system: run failed:")]
+    assert len(failed) == 1 and "store.reconnect_s=5" in failed[0], console[-3000:]
+    summary = json.loads((_run_dir(runs) / "summary.json").read_text())
+    assert summary["failure"].startswith("the replay store failed") and summary["normalized_score"] is not None
+    assert summary["last_snapshot_scored"] is True

@@ -96,3 +96,10 @@ def test_runs_dir_that_is_a_file(tmp_path):
 
 def test_eval_needs_at_least_one_episode(tmp_path):
     assert_one_line_error(kd("eval", "shipped-does-not-matter", "--episodes", "0"), "--episodes 0")
+
+
+def test_a_run_refused_at_start_leaves_no_stub_run_directory(tmp_path):
+    # checked once Ray is up (the cluster's CPUs), after the run directory was made: it is removed again
+    result = kd("run", "--set", "actors.num_actors=64", "--set", "actors.num_cpus=0.25", "--set", f"head.runs_dir={tmp_path}")
+    assert_one_line_error(result, "actors.num_cpus (0.25 x 64 actors)", "lower them")
+    assert list(tmp_path.iterdir()) == []

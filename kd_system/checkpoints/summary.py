@@ -108,7 +108,7 @@ class SessionFacts:
     loss: str
     acting: str
     learner_device: str
-    store_bytes_per_state: float
+    store_bytes_per_state: float | None  # None: the store was gone at the end
     resumed: bool
     placement: dict[str, Any] | None  # node ids of the components (launch.topology.placement)
     corrupt_chunks: int = 0  # replay chunks the learner skipped because they failed to decode

@@ -92,11 +92,11 @@ class Ending:
         self.metrics.log("summary", self.counters.updates, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
         return summary
 
-    def _bytes_per_state(self) -> float:
+    def _bytes_per_state(self) -> float | None:
         try:
             return self.stores.bytes_per_state()
         except StoreError:  # the store is gone (that may be why the run ended): the figure is unknown
-            return float("nan")
+            return None
 
     def _count_last_calls(self) -> None:
         """Let the collect and train calls in flight end cleanly, and count their work too."""
