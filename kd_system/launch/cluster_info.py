@@ -1,5 +1,6 @@
 """How many actors a run starts when ``actors.num_actors`` is ``auto``: as many as the cluster
-has room for at start-up.
+has room for at start-up. During the run the head recounts with the same ``actor_slots`` (without
+the settle wait) and follows nodes that join or leave (launch/elastic.py).
 
 Room means one actor per ``actors.num_cpus`` CPUs on every alive node that offers
 ``actors.ray_resource`` (every alive node when that is unset), less the room the learner and the
@@ -124,5 +125,6 @@ def actors_per_task(config: RunConfig, num_tasks: int = 1) -> int:
             f"actors.num_actors=auto found room for {slots} actors ({cpus:g} CPUs on {len(usable)} {where}, "
             f"actors.num_cpus={a.num_cpus:g}, {num_tasks} task(s)): add worker nodes, lower actors.num_cpus, "
             "or set a fixed actors.num_actors (an autoscaler then adds nodes for actors still pending)")
-    say(f"actors.num_actors=auto: {slots // num_tasks * num_tasks} actors for {cpus:g} CPUs on {len(usable)} {where}")
+    say(f"actors.num_actors=auto: {slots // num_tasks * num_tasks} actors for {cpus:g} CPUs on {len(usable)} {where} "
+        "(the count follows nodes that join or leave)")
     return slots // num_tasks

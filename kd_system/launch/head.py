@@ -1,10 +1,12 @@
 """The head's supervision loop: one remote call in flight per component, snapshots and
-evaluations without pausing training, dead components replaced (launch/recovery.py), a stop on
+evaluations without pausing training, dead components replaced and, with actors.num_actors=auto,
+collectors that follow the cluster's nodes (launch/recovery.py, launch/elastic.py), a stop on
 the target score or a budget, and at the end a last snapshot and a final evaluation of the best
 snapshot on fresh episodes (launch/ending.py). What the run keeps on disk is
 checkpoints.progress's job; launch.run starts everything the head is handed, and stops it."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ from kd_system.checkpoints.run_dir import load_snapshot
 from kd_system.config import RunConfig
 from kd_system.errors import KDError, StoreError
 from kd_system.launch.calls import BaselinesCall, Call, CollectCall, EvalCall, RestoreCall, SnapshotCall, TrainCall
+from kd_system.launch.cluster_info import AUTO
+from kd_system.launch.elastic import FOLLOW_EVERY_S, Roster
 from kd_system.launch.ending import Ending
 from kd_system.launch.monitor import RunMonitor
 from kd_system.launch.preparation import Prepared
@@ -37,17 +41,19 @@ class Head(Recovery, Ending):
         self.config, self.prepared, self.components, self.stores = config, prepared, components, stores
         self.progress, self.metrics, self.placement, self.resumed = progress, metrics, placement, resumed
         self.counters = progress.counters
-        self.monitor = RunMonitor(prepared, progress, metrics)
+        self.roster = Roster.of(components.collector_tasks)  # which collectors work, wait or are gone
+        self.auto = config.actors.num_actors == AUTO  # the collectors follow the cluster (launch/elastic.py)
+        self.next_follow_s = time.monotonic() + FOLLOW_EVERY_S
+        self.monitor = RunMonitor(prepared, progress, metrics, self.roster)
         self.stop_reason: str | None = None
         self.pending: dict[Any, Call] = {}
-        self.replacements: dict[int, int] = {}  # actor index -> collectors started in its place
         self.snapshot_in_flight = self.eval_in_flight = False
         self.queued_eval: tuple[Path, int, int] | None = None  # (snapshot, updates, env_steps)
         self.learner_idle = True
         self.last_snapshot = (0.0, 0)  # (elapsed s, updates)
         self.deaths = DeathLog(config.head.max_deaths, config.head.death_window_s)
         self.failure: str | None = None  # why the run gave up, for the summary and the exit status
-        self.learner_alive = True
+        self.learner_alive = True  # False while a replacement waits for a node or loads its snapshot
 
     # ---- the supervision loop ---------------------------------------------------------------
     def supervise(self) -> None:
@@ -73,6 +79,7 @@ class Head(Recovery, Ending):
             self._start_queued_eval()
             self._schedule()
             self._check_store()
+            self._follow_cluster()
 
     def _handle(self, call: Call, ref: Any) -> None:
         try:
@@ -90,12 +97,13 @@ class Head(Recovery, Ending):
         match call:
             case CollectCall(actor_index=index):
                 self.monitor.collected(result)
+                self.roster.answered(index)
                 self.pending[self.components.collectors[index].collect.remote(ACTOR_CALL_S)] = call
             case TrainCall():
                 self.monitor.trained(result)
                 self.learner_idle = True
             case RestoreCall():
-                self.learner_idle = True
+                self.learner_idle = self.learner_alive = True
             case BaselinesCall(task_index=index):
                 if index not in self.monitor.baselines:  # a replacement evaluator's repeat is not news
                     self.monitor.baselines_in(index, result)

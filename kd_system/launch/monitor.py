@@ -8,14 +8,16 @@ from pathlib import Path
 from kd_system.checkpoints.progress import RunProgress
 from kd_system.checkpoints.summary import combine_reports
 from kd_system.launch.calls import EvalCall
+from kd_system.launch.elastic import Roster
 from kd_system.launch.preparation import Prepared
 from kd_system.metrics import MetricsLog, progress_line, say
 from kd_system.types import Baselines, CollectReport, EvalReport, TrainReport
 
 
 class RunMonitor:
-    def __init__(self, prepared: Prepared, progress: RunProgress, metrics: MetricsLog):
+    def __init__(self, prepared: Prepared, progress: RunProgress, metrics: MetricsLog, roster: Roster | None = None):
         self.prepared, self.progress, self.metrics = prepared, progress, metrics
+        self.roster = roster or Roster()  # the head's collectors, counted in each progress record
         self.counters = progress.counters
         self.baselines: dict[int, Baselines] = {}  # per task index
         self.eval_parts: dict[Path, dict[int, EvalReport]] = {}  # per-task reports of a snapshot in evaluation
@@ -77,16 +79,24 @@ class RunMonitor:
         return self.progress.elapsed() - self.last_progress[0] >= every_s
 
     def report_progress(self) -> None:
-        """The console's progress line, and the same figures in the metrics log."""
+        """The console's progress line, and the same figures in the metrics log, with the collectors
+        at work (those that answered) and those starting or waiting for a node: their number follows
+        the cluster with actors.num_actors=auto."""
         now = self.progress.elapsed()
         then, states_then, updates_then = self.last_progress
         dt = max(now - then, 1e-6)
         rates = {"states": (self.counters.states_labelled - states_then) / dt,
                  "updates": (self.counters.updates - updates_then) / dt}
         best = self.progress.selection.best
+        working, waiting = self.roster.count("working"), self.roster.count("waiting")
         print(progress_line(now, vars(self.counters), rates, self.latest_loss, self.latest_score,
-                            best.score if best else None), flush=True)
+                            best.score if best else None)
+              + f" | collectors {working}" + (f" (+{waiting} starting)" if waiting else ""), flush=True)
         self.metrics.log("progress", self.counters.updates, {"elapsed_s": now, "env_steps": self.counters.env_steps,
                          "states_labelled": self.counters.states_labelled, "states_per_s": rates["states"],
-                         "updates_per_s": rates["updates"]})
+                         "updates_per_s": rates["updates"], "collectors": working, "collectors_waiting": waiting})
         self.last_progress = (now, self.counters.states_labelled, self.counters.updates)
+        if self.progress.run.snapshots_dir.is_dir():
+            # the wall time a resumed run counts on is the last one written: keep it fresh even when
+            # the learner stalls and no snapshot is due
+            self.progress.write_state()
