@@ -47,7 +47,10 @@ def connect_ray(address: str | None, num_cpus: int | None = None, quiet: bool = 
                           "start it with `ray start --head` or fix the address") from None
     else:
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        ray.init(num_cpus=num_cpus, **kwargs)
+        # "local": always a new instance of our own. Without it ray.init joins whatever cluster
+        # /tmp/ray/ray_current_cluster names (a `ray start` on this machine, another run's), which
+        # this process would then shut down, and whose processes its watchdog would end.
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
     _interrupt_on_sigterm()
     return True
 

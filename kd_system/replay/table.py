@@ -16,21 +16,19 @@ import json
 import math
 import threading
 import time
-from dataclasses import fields
 
 import numpy as np
 
-from kd_system.errors import CorruptChunkError, StoreError
-from kd_system.replay.codec import decode_chunk, encode_chunk
+from kd_system.errors import StoreError
+from kd_system.replay.chunk_reader import ARRAYS as _ARRAYS, ChunkReader
+from kd_system.replay.codec import encode_chunk
 from kd_system.replay.connection import Namespace, StoreAddress
 from kd_system.replay.rate_limit import SampleToInsertLimiter
 from kd_system.types import LabelledChunk, LabelledStates
 
 POLL_S = 0.005  # how often a held-back insert or sample re-reads the limiter's counters
-_ARRAYS = tuple(f.name for f in fields(LabelledStates))
 
 
-_MIN_READS_FOR_SHARE = 100  # the share is judged over enough reads that one early bad chunk is not 100%
 
 
 class ReplayTable:
@@ -59,8 +57,7 @@ class ReplayTable:
         self._chunks_seen = 0  # the chunk counter as last read or written: it only grows while the store lives
         self.wipes = 0  # times this handle found the store emptied under it
         self.held_by_limiter = False  # the last sample() attempt was refused by the limiter
-        self.chunks_read = 0  # chunks the learner decoded through this handle ...
-        self.corrupt_chunks = 0  # ... and those that failed to, skipped
+        self.reader = ChunkReader(address.run_id, address.max_corrupt_share)  # decodes, skips and counts bad chunks
         self.wait_insert_s = 0.0  # time insert() spent held back by the limiter
         self._check_layout(claim=False)
 
@@ -224,7 +221,7 @@ class ReplayTable:
                 pipe.set(ns.key("sampled"), self.sampled)
             blobs = pipe.execute()[0]
         # A slot reserved but not yet written reads as None: skip it. So is a chunk that fails to decode.
-        parts = [p for p in (self._readable(b) for b in blobs if b is not None) if p is not None and len(p)]
+        parts = [p for p in (self.reader.read(b) for b in blobs if b is not None) if p is not None and len(p)]
         if not parts:
             self._ring_full = False  # the run may have been cleared elsewhere: re-read the counter
             return None
@@ -245,33 +242,13 @@ class ReplayTable:
             gathered[name] = out
         return LabelledStates(**gathered)
 
-    def _readable(self, blob: bytes) -> LabelledStates | None:
-        """The chunk's states, or None for a corrupt chunk, counted: one bad chunk (a torn write, a
-        flipped bit) must not end a run, but a store returning mostly garbage must."""
-        self.chunks_read += 1
-        try:
-            return self._states_in(blob)
-        except CorruptChunkError as exc:
-            self.corrupt_chunks += 1
-            share = self.corrupt_chunks / self.chunks_read
-            if self.chunks_read >= _MIN_READS_FOR_SHARE and share > self.address.max_corrupt_share:
-                raise CorruptChunkError(f"{self.corrupt_chunks} of {self.chunks_read} replay chunks read in run "
-                                        f"{self.address.run_id!r} failed to decode ({share:.1%}, above "
-                                        f"store.max_corrupt_share {self.address.max_corrupt_share:g}); the last: "
-                                        f"{exc}") from None
-            return None
+    @property
+    def chunks_read(self) -> int:
+        return self.reader.chunks_read
 
-    def _states_in(self, blob: bytes) -> LabelledStates:
-        arrays = decode_chunk(blob)[1]
-        if set(arrays) != set(_ARRAYS) or any(a.ndim == 0 for a in arrays.values()):
-            raise CorruptChunkError(f"corrupt replay chunk in run {self.address.run_id!r}: arrays "
-                                    f"{sorted(arrays)}, expected {', '.join(_ARRAYS)} with a state axis; "
-                                    "clear the run's namespace or start a new run")
-        try:
-            return LabelledStates(**arrays)
-        except ValueError as exc:
-            raise CorruptChunkError(f"corrupt replay chunk in run {self.address.run_id!r}: {exc}; "
-                                    "clear the run's namespace or start a new run") from None
+    @property
+    def corrupt_chunks(self) -> int:
+        return self.reader.corrupt_chunks
 
     # ---- counters and lifetime ---------------------------------------------------------------
     def limiter_counts(self) -> tuple[int, int]:
