@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, StrictBool, StrictStr, ValidationError, model_validator
+from pydantic import Field, StrictBool, StrictStr, ValidationError, field_validator, model_validator
 
 from kd_system.actors.config import ActorConfig, LookaheadConfig
 from kd_system.config_base import Section, config_error
@@ -25,7 +25,7 @@ from kd_system.policies.config import StudentConfig
 from kd_system.replay.config import LimiterConfig, StoreConfig
 from kd_system.replay.rate_limit import SampleToInsertLimiter, check_deadlock_free
 from kd_system.replay.urls import holds_password, mask_url
-from kd_system.teachers.config import TeacherConfig
+from kd_system.teachers.config import Checkpoints, TeacherConfig, checkpoint_list
 
 __all__ = ["ActorConfig", "EnvConfig", "HeadConfig", "LearnerConfig", "LimiterConfig", "LookaheadConfig",
            "RunConfig", "StoreConfig", "StudentConfig", "TaskConfig", "TeacherConfig", "PACKAGE_DIR",
@@ -39,8 +39,14 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 class TaskConfig(Section):
     """One task of a multi-task run: an env and the teacher that plays it."""
     env: StrictStr = Field("", description="Gymnasium id of the task's environment")
-    teacher: StrictStr = Field("", description="the task's teacher: a checkpoint directory or shipped:NAME")
+    teacher: Checkpoints = Field("", description=(
+        "the task's teacher: a checkpoint directory or shipped:NAME; a list: an equally weighted ensemble"))
     lookahead: StrictBool | None = Field(None, description="null: the lookahead section's enabled")
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _checkpoints(cls, value: Any) -> Any:
+        return checkpoint_list(value, "tasks[].teacher", empty_ok=True)  # RunConfig names the task
 
     @property
     def name(self) -> str:  # names the task's store namespace and snapshot folder
@@ -82,7 +88,7 @@ class RunConfig(Section):
         for i, task in enumerate(self.tasks):
             if not (task.env and task.teacher):
                 raise ValueError(f"tasks[{i}] needs both env (a Gymnasium id) and teacher (a checkpoint directory "
-                                 "or shipped:NAME)")
+                                 "or shipped:NAME, or a non-empty list of them)")
         names = [task.name for task in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError("tasks: each env may appear once (one teacher per task)")

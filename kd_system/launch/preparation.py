@@ -18,6 +18,7 @@ from kd_system.policies.networks import SharedTrunkMLPs, build_network, count_pa
 from kd_system.policies.files import PolicyBundle, PolicySpec, load_bundle
 from kd_system.teachers.imports.importer import import_on_the_fly, is_project_checkpoint
 from kd_system.teachers.imports.records import ImportOptions
+from kd_system.teachers.ensemble import Member, ensemble_bundle, is_ensemble, member_sources, size_reference
 
 
 def label_kind(teacher_kind: str, lookahead: LookaheadSettings | None) -> str:
@@ -31,10 +32,10 @@ class PreparedTask:
     env_id: str
     teacher: PolicyBundle
     teacher_path: str
-    teacher_params: int
+    teacher_params: int  # what the student's share is measured against: an ensemble's largest member
     student_spec: PolicySpec  # this task's view of the student: a plain MLP checkpoint
     lookahead: LookaheadSettings | None = None  # set: states are labelled by the rollout-improved teacher
-    imported: bool = False  # the teacher came from another library's file: run.py keeps the converted copy
+    imported: bool = False  # an imported file or an ensemble: run.py keeps the teacher's copy in the run
 
     @property
     def label_kind(self) -> str:
@@ -50,7 +51,7 @@ class PreparedTask:
 @dataclass(frozen=True)
 class Prepared:
     tasks: tuple[PreparedTask, ...]
-    teacher_params: int  # all teachers together
+    teacher_params: int  # all tasks' teachers together (an ensemble counts its largest member)
     student_params: int  # the student's distinct parameters (a shared trunk counts once)
 
     @property
@@ -76,19 +77,32 @@ def _import_options(config: RunConfig, env_id: str) -> ImportOptions:
                          trained_env=t.trained_env)
 
 
-def _load_teacher(config: RunConfig, index: int, task: TaskConfig) -> tuple[PolicyBundle, str, bool]:
-    """The teacher's bundle, where it came from, and whether it was imported from another library."""
-    where = _field(config, index, "teacher")
+def _load_one(config: RunConfig, where: str, env_id: str, checkpoint: str) -> tuple[PolicyBundle, str, bool]:
+    """One checkpoint's bundle, where it came from, and whether it was imported from another library."""
     try:
-        teacher_path = resolve_teacher_path(task.teacher)
+        teacher_path = resolve_teacher_path(checkpoint)
         if is_project_checkpoint(teacher_path) or not teacher_path.exists():
             return load_bundle(teacher_path), str(teacher_path), False
-        say(f"importing {teacher_path} as the teacher of {task.env}")
-        bundle = import_on_the_fly(teacher_path, _import_options(config, task.env), config.teacher.format)
+        say(f"importing {teacher_path} as the teacher of {env_id}")
+        bundle = import_on_the_fly(teacher_path, _import_options(config, env_id), config.teacher.format)
         return bundle, str(teacher_path), True
     except (CheckpointError, ConfigError) as exc:
         message = str(exc).removeprefix("teacher.checkpoint: ").removeprefix("--env ")
         raise type(exc)(f"{where}: {message}") from None
+
+
+def _load_teacher(config: RunConfig, index: int, task: TaskConfig) -> tuple[PolicyBundle, str, bool]:
+    """The teacher's bundle, where it came from, and whether the run must keep a copy of it (an
+    import, or an ensemble of a list of checkpoints: both exist only in this run until written)."""
+    where = _field(config, index, "teacher")
+    checkpoints = [task.teacher] if isinstance(task.teacher, str) else list(task.teacher)
+    if len(checkpoints) == 1:
+        return _load_one(config, where, task.env, checkpoints[0])
+    members = [Member(path, bundle) for bundle, path, _ in
+               (_load_one(config, f"{where}[{i}]", task.env, checkpoint) for i, checkpoint in enumerate(checkpoints))]
+    weights = None if config.tasks else config.teacher.weights  # tasks' lists are weighted equally
+    bundle = ensemble_bundle(members, weights, config.learner.temperature, where)
+    return bundle, f"ensemble of {', '.join(member.source for member in members)}", True
 
 
 def _prepare_task(config: RunConfig, index: int, task: TaskConfig, spaces: EnvSpaces, network: dict) -> PreparedTask:
@@ -102,12 +116,16 @@ def _prepare_task(config: RunConfig, index: int, task: TaskConfig, spaces: EnvSp
     if t.env_id != task.env:
         say(f"note: teacher was trained on {t.env_id} but the env is {task.env} (spaces match, continuing)")
     lookahead = _lookahead_settings(config, index, task, t.output_kind)
-    teacher_params = count_parameters(teacher.module())
+    # an ensemble's students are sized against its largest member (teachers/ensemble.py says why)
+    teacher_params = size_reference(t, count_parameters(teacher.module()))
     view_params = count_parameters(build_network(network, spaces.obs_shape, spaces.num_actions))
     card = {"distilled_from": teacher_path, "teacher_params": teacher_params,
             "param_fraction_of_teacher": view_params / teacher_params, "loss": config.learner.loss,
             "labels": "teacher" if lookahead is None else
             f"lookahead (rollout-improved teacher, eta={lookahead.eta:g}, horizon={lookahead.horizon_steps or 'episode'})"}
+    if is_ensemble(t):  # distilled_from becomes the ensemble's copy in the run directory (launch/run.py)
+        card |= {"teacher_members": member_sources(t), "teacher_weights": t.network["weights"],
+                 "ensemble_params": t.num_params}
     output_kind = student_output_kind(config.learner.loss, label_kind(t.output_kind, lookahead))
     student_spec = PolicySpec(
         role="student", env_id=task.env, obs_shape=spaces.obs_shape, obs_dtype=spaces.obs_dtype,
@@ -152,7 +170,8 @@ def prepare(config: RunConfig) -> Prepared:
         student_params = count_parameters(SharedTrunkMLPs(shapes, list(config.student.hidden), config.student.activation))
     fraction = student_params / teacher_params
     if fraction > config.student.max_param_fraction:
-        whose = "the teacher's" if len(tasks) == 1 else "the teachers' combined"
+        whose = ("the teachers' combined" if len(tasks) > 1 else
+                 "the ensemble's largest member's" if is_ensemble(tasks[0].teacher.spec) else "the teacher's")
         raise ConfigError(
             f"{'student.preset ' + config.student.preset if network['kind'] == 'cnn' else 'student.hidden ' + str(list(config.student.hidden))} gives {student_params} parameters, {fraction:.1%} of "
             f"{whose} {teacher_params}, above student.max_param_fraction {config.student.max_param_fraction}; "

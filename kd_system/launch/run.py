@@ -75,8 +75,11 @@ def _keep_imported_teachers(prepared: Prepared, run_dir: RunDirectory) -> Prepar
         if task.imported:
             where = run_dir.root / ("teacher" if not prepared.multi_task else f"teacher-{task.name}")
             write_imported(where, task.teacher, force=True)
-            say(f"imported teacher {task.teacher_path} written to {where}")
-            card = {**task.student_spec.model_card, "distilled_from": str(where), "teacher_imported_from": task.teacher_path}
+            ensemble = task.teacher.spec.network.get("kind") == "ensemble"  # its members are in the card already
+            say(f"{'ensemble' if ensemble else 'imported'} teacher {'' if ensemble else task.teacher_path + ' '}"
+                f"written to {where}")
+            card = {**task.student_spec.model_card, "distilled_from": str(where),
+                    **({} if ensemble else {"teacher_imported_from": task.teacher_path})}
             task = replace(task, teacher_path=str(where), student_spec=replace(task.student_spec, model_card=card))
         tasks.append(task)
     return replace(prepared, tasks=tuple(tasks))

@@ -16,7 +16,8 @@ Precision = Literal["auto", "fp32", "bf16"]
 class LearnerConfig(Section):
     """The loss, the optimiser and where the learner runs."""
     loss: StrictStr = Field("kl", description=(
-        "kl, mse, nll or maxgap, or a weighted sum such as kl+0.1*mse (kd_system/learner/losses.py)"))
+        "kl, mse, nll, maxgap, mi (mutual information) or adv (advantage mse), or a weighted sum such as "
+        "kl+0.1*mi (kd_system/learner/losses.py)"))
     temperature: Number | None = Field(None, gt=0, description=(
         "teacher softmax temperature; null: 0.01 for Q-value teachers (Rusu et al. 2015), 1.0 for logits"))
     student_temperature: Number | None = Field(None, gt=0, description=(

@@ -9,7 +9,7 @@ import re
 
 from kd_system.errors import ConfigError
 
-LOSS_NAMES = ("kl", "mse", "nll", "maxgap")
+LOSS_NAMES = ("kl", "mse", "nll", "maxgap", "mi", "adv")
 HOW_TO_WRITE = (f"write one of {', '.join(LOSS_NAMES)}, or a weighted sum of distinct names with positive "
                 "weights such as kl+0.1*mse or 0.5*nll+2*maxgap")
 
@@ -52,8 +52,12 @@ def validate_loss_spec(spec: str) -> None:
     parse_loss_spec(spec)
 
 
+# Terms that regress the teacher's numbers (adv: up to a per-state offset, which no greedy action sees).
+REGRESSION_LOSSES = ("mse", "maxgap", "adv")
+
+
 def student_output_kind(spec: str, teacher_output_kind: str) -> str:
-    """A student trained only to regress the teacher's outputs (mse, maxgap) produces the same kind
-    of numbers as its teacher; any kl or nll term makes its outputs logits of a policy."""
-    regresses_only = all(name in ("mse", "maxgap") for name, _ in parse_loss_spec(spec))
+    """A student trained only to regress the teacher's outputs (mse, maxgap, adv) produces the same kind
+    of numbers as its teacher; any kl, nll or mi term makes its outputs logits of a policy."""
+    regresses_only = all(name in REGRESSION_LOSSES for name, _ in parse_loss_spec(spec))
     return teacher_output_kind if regresses_only else "logits"

@@ -14,7 +14,8 @@ CnnPreset = Literal[PRESET_NAMES]  # type: ignore[valid-type]  # so the JSON Sch
 
 class StudentConfig(Section):
     """The student network: an MLP for vector observations, a CNN preset for Atari frames."""
-    hidden: tuple[StrictInt, ...] = Field((64, 64), description="MLP students: the widths of the hidden layers")
+    hidden: tuple[StrictInt, ...] = Field((64, 64), description=(
+        "MLP students: the widths of the hidden layers; [] is a linear policy (one Linear layer)"))
     activation: StrictStr = Field("relu", description=(
         "of the hidden layers, e.g. relu or tanh (kd_system/policies/networks.py)"))
     max_param_fraction: Number = Field(0.10, gt=0, le=1, description=(

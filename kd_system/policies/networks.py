@@ -1,7 +1,8 @@
 """Policy networks built from a JSON-able spec, so checkpoints never carry code.
 
-A spec is a dict such as ``{"kind": "mlp", "hidden": [256, 256], "activation": "relu"}`` or
-``{"kind": "cnn", "preset": "rusu-7"}`` (Atari frame stacks; see ``CNN_PRESETS``).
+A spec is a dict such as ``{"kind": "mlp", "hidden": [256, 256], "activation": "relu"}`` (``hidden: []``
+is a linear policy, one ``Linear`` layer), ``{"kind": "cnn", "preset": "rusu-7"}`` (Atari frame stacks;
+see ``CNN_PRESETS``) or ``{"kind": "ensemble", ...}`` (several teachers averaged into one; see ``Ensemble``).
 New kinds register a builder in ``_BUILDERS``.
 """
 from __future__ import annotations
@@ -141,9 +142,51 @@ def _build_cnn(spec: dict[str, Any], obs_shape: tuple[int, ...], num_actions: in
                    float(spec.get("input_scale", 1 / 255)))
 
 
+class Ensemble(nn.Module):
+    """Several teachers as one policy network: ``temperature * log sum_k w_k softmax(out_k / tau_k)``.
+
+    Its outputs are logits whose softmax at ``temperature`` is the weighted mean of the members'
+    tempered policies, so a learner, evaluator or lookahead that reads ``logits`` at that temperature
+    sees exactly the mean policy. Computed as a logsumexp of log-probabilities: a Q-value member at
+    tau = 0.01 has log-probabilities of -1e3 and below, whose exp would underflow in a plain mean."""
+
+    def __init__(self, members: list[nn.Module], temperatures: list[float], weights: list[float], temperature: float):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.temperatures = [float(t) for t in temperatures]
+        self.temperature = float(temperature)
+        # Not persistent: the spec holds the weights, so the file cannot disagree with it.
+        self.register_buffer("log_weights", torch.tensor(weights, dtype=torch.float32).log(), persistent=False)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        log_policies = torch.stack([torch.log_softmax(member(obs).float() / tau, dim=-1)
+                                    for member, tau in zip(self.members, self.temperatures)])  # (K, batch, actions)
+        return self.temperature * torch.logsumexp(log_policies + self.log_weights[:, None, None], dim=0)
+
+
+def _build_ensemble(spec: dict[str, Any], obs_shape: tuple[int, ...], num_actions: int) -> nn.Module:
+    """``{"kind": "ensemble", "members": [{"network": ..., "temperature": ...}, ...], "weights": [...],
+    "temperature": ...}``; teachers/ensemble.py writes it (member sources and sizes ride along)."""
+    members, weights = spec.get("members"), spec.get("weights")
+    if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
+        raise CheckpointError("network.members must be a non-empty list of {network, temperature} mappings")
+    numbers = isinstance(weights, list) and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+    if not numbers or len(weights) != len(members) or min(weights) < 0 or not sum(weights) > 0:
+        raise CheckpointError(f"network.weights {weights!r} must hold one non-negative weight per member, summing above 0")
+    temperatures = [float(m.get("temperature", 0)) for m in members]
+    if min(temperatures + [float(spec.get("temperature", 0))]) <= 0:
+        raise CheckpointError("network.temperature and every member's temperature must be > 0")
+    if any(not isinstance(m.get("network"), dict) or m["network"].get("kind") == "ensemble" for m in members):
+        raise CheckpointError("network.members[].network must be a network spec other than an ensemble")
+    modules = [build_network(m["network"], obs_shape, num_actions) for m in members]
+    total = float(sum(weights))
+    return Ensemble(modules, temperatures, [float(w) / total for w in weights], float(spec["temperature"]))
+
+
 _BUILDERS: dict[str, Callable[[dict[str, Any], tuple[int, ...], int], nn.Module]] = {
     "mlp": _build_mlp,
     "cnn": _build_cnn,
+    "ensemble": _build_ensemble,
 }
 
 

@@ -2,9 +2,10 @@
 it is another library's file (teachers/imports/; the same options as ``kd-system teacher import``)."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+import math
+from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, StrictBool, StrictStr
+from pydantic import Field, StrictBool, StrictStr, field_validator, model_validator
 
 from kd_system.config_base import Number, Section
 
@@ -12,13 +13,36 @@ FORMATS = ("sb3", "cleanrl", "rllib", "torchscript", "onnx")
 LAYOUTS = ("chw", "hwc")
 
 
+# One checkpoint, or several whose tempered policies are averaged into one teacher (teachers/ensemble.py).
+Checkpoints = Union[StrictStr, tuple[StrictStr, ...]]
+HOW_TO_LIST = "e.g. [shipped:cartpole-v1, teachers/cartpole-seed1] (on the command line: --set teacher.checkpoint=[A,B])"
+
+
+def checkpoint_list(value: Any, field: str, empty_ok: bool = False) -> Any:
+    """The before-check of a teacher field: a string, or a non-empty list of strings, as a tuple.
+    ``empty_ok``: an empty list passes, for a check that can name where it is (tasks[i])."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{field}: expected a checkpoint or a list of checkpoints, got {value!r}")
+    if not value and not empty_ok:
+        raise ValueError(f"{field} is an empty list; give one checkpoint or a list of several, {HOW_TO_LIST}")
+    bad = next((item for item in value if not isinstance(item, str) or not item.strip()), None)
+    if bad is not None:
+        raise ValueError(f"{field}: {bad!r} in the list is not a checkpoint path; list paths or shipped:NAME, {HOW_TO_LIST}")
+    return tuple(value)
+
+
 class TeacherConfig(Section):
     """The frozen policy a single-task run distils."""
-    checkpoint: StrictStr = Field("shipped:cartpole-v1", description=(
+    checkpoint: Checkpoints = Field("shipped:cartpole-v1", description=(
         "a checkpoint directory in the project's format (spec.json + model.safetensors), shipped:NAME for a "
         "teacher bundled in kd_system/teachers/, or another library's file, imported on the fly into the run "
         "directory: a Stable-Baselines3 .zip, a CleanRL .cleanrl_model, an RLlib checkpoint directory "
-        "(needs trust_pickle), a TorchScript .pt or an .onnx (needs output_kind)"))
+        "(needs trust_pickle), a TorchScript .pt or an .onnx (needs output_kind). A list of them makes an "
+        "ensemble: the labels are the (weighted) mean of their tempered policies"))
+    weights: Optional[tuple[Number, ...]] = Field(None, description=(
+        "ensembles: one non-negative weight per checkpoint in the list, normalised to sum to 1; null: equal"))
     format: Optional[Literal[FORMATS]] = Field(None, description=(  # type: ignore[valid-type]
         "the imported file's format; null detects it"))
     trust_pickle: StrictBool = Field(False, description=(
@@ -30,3 +54,21 @@ class TeacherConfig(Section):
     obs_scale: Number = Field(1.0, gt=0, description="TorchScript/ONNX: the network takes observations times this")
     vecnormalize: Optional[StrictStr] = Field(None, description="SB3: VecNormalize statistics file (needs trust_pickle)")
     trained_env: Optional[StrictStr] = Field(None, description="the env id the imported teacher was trained on, if known")
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _checkpoints(cls, value: Any) -> Any:
+        return checkpoint_list(value, "teacher.checkpoint")
+
+    @model_validator(mode="after")
+    def _weights_fit(self) -> "TeacherConfig":
+        if self.weights is None:
+            return self
+        count = 1 if isinstance(self.checkpoint, str) else len(self.checkpoint)
+        if len(self.weights) != count:
+            raise ValueError(f"teacher.weights has {len(self.weights)} entries but teacher.checkpoint lists {count} "
+                             "teacher(s); give one weight per checkpoint, or null for equal weights")
+        if min(self.weights) < 0 or not 0 < sum(self.weights) < math.inf:
+            raise ValueError(f"teacher.weights {list(self.weights)} must be finite and non-negative with a positive sum "
+                             "(they are normalised to sum to 1)")
+        return self

@@ -11,6 +11,8 @@ from pathlib import Path
 from kd_system.errors import CheckpointError
 from kd_system.policies.files import SPEC_FILE, WEIGHTS_FILE, PolicyBundle, PolicySpec, save_bundle
 from kd_system.policies.opaque import OPAQUE_FILES
+from kd_system.teachers.ensemble import is_ensemble
+from kd_system.teachers.ensemble import markdown as ensemble_markdown
 
 CARD_FILE = "MODEL_CARD.md"
 TEACHER_FILES = (SPEC_FILE, WEIGHTS_FILE, *OPAQUE_FILES.values(), CARD_FILE)
@@ -60,6 +62,8 @@ def _return_text(card: dict, key: str) -> str:
 
 
 def markdown(spec: PolicySpec) -> str:
+    if is_ensemble(spec):  # a run writes its ensemble teacher through here too
+        return ensemble_markdown(spec)
     card = spec.model_card
     episodes = card.get("eval_episodes")
     epsilon = card.get("eval_epsilon") or 0.0
