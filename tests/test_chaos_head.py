@@ -59,10 +59,13 @@ def assert_all_end(processes: dict[int, int], within_s: float) -> None:
     assert not alive(processes), f"left behind: {alive(processes)}"
 
 
-def sleeper(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A stand-in for a Ray process: sleeps, with ``args`` on its command line."""
+def sleeper(*args: str, env: dict[str, str] | None = None, title: str = "ray::Sleeper") -> subprocess.Popen:
+    """A stand-in for a Ray process (titled ray::..., as Ray's workers retitle themselves; title ""
+    for any other program): sleeps, with ``args`` on its command line."""
     code = "import os, time; p = os.environ.get('OPEN'); f = p and open(p, 'w'); time.sleep(60)"
-    return subprocess.Popen([sys.executable, "-c", code, *args], env={**os.environ, **(env or {})})
+    argv0 = ["-a", title] if title else []
+    return subprocess.Popen(["bash", "-c", f'exec {" ".join(argv0)} "$0" "$@"', sys.executable, "-c", code, *args],
+                            env={**os.environ, **(env or {})})
 
 
 def test_the_watchdog_ends_its_session_only_and_only_unless_told_clean(tmp_path):
@@ -71,7 +74,9 @@ def test_the_watchdog_ends_its_session_only_and_only_unless_told_clean(tmp_path)
     (tmp_path / "session_2026-12-02_07-35-05_753161_245").mkdir()  # another session, its name a prefix
     ours = [sleeper(f"--session-dir={session}"), sleeper(env={"OPEN": str(session / "logs" / "worker.out")}),
             sleeper(f"--log-dir={session}/logs")]
-    theirs = [sleeper(f"--session-dir={session}5"), sleeper(str(tmp_path))]
+    theirs = [sleeper(f"--session-dir={session}5"), sleeper(str(tmp_path)),
+              # not Ray's: a `tail -f` of a worker log names the session and holds a file in it
+              sleeper(f"{session}/logs/worker.err", env={"OPEN": str(session / "logs" / "tail.out")}, title="")]
     listed = sleeper()  # one Ray listed when it started
     try:
         time.sleep(1)  # the sleepers have opened their files

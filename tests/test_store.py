@@ -408,6 +408,9 @@ def test_weights_versioning(store):
     weights.publish(2, b"\x00v2" * 1000)
     assert weights.fetch(newer_than=1) == (2, b"\x00v2" * 1000)
     assert pickle.loads(pickle.dumps(weights)).fetch() == (2, b"\x00v2" * 1000)
+    weights.publish(1, b"restored")  # a replacement learner restored from an earlier snapshot
+    assert weights.fetch(newer_than=2) is None and weights.fetch(other_than=2) == (1, b"restored")
+    assert weights.fetch(other_than=1) is None
     weights.close()
 
 

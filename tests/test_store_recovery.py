@@ -85,10 +85,11 @@ def test_private_server_is_password_protected_and_loopback_only(server):
     with pytest.raises(redis.RedisError, match="(?i)auth"):  # NOAUTH
         anonymous.ping()
     anonymous.close()
-    # Not on the command line (any local user's ps shows it); in a file only this user can read.
+    # Not on the command line (any local user's ps shows it), nor in any file: it went in on stdin.
     assert password not in Path(f"/proc/{server.pid}/cmdline").read_text()
     assert stat.S_IMODE(os.stat(server._dir).st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(server._conf).st_mode) == 0o600
+    for path in Path(server._dir).rglob("*"):
+        assert password.encode() not in path.read_bytes()
     assert password not in repr(server)
 
 
@@ -246,3 +247,25 @@ def test_run_stores_leave_an_external_redis_to_the_components(redis_url, run_id)
     finally:
         stores.tables[0].clear()
         stores.close()
+
+
+def test_a_replacement_learners_table_takes_over_the_runs_counts(redis_url, run_id):
+    """A new learner handle against a full buffer continues the limiter's counts instead of sampling
+    from zero (which would let it sample ~32x the buffer unthrottled)."""
+    import numpy as np
+
+    from kd_system.replay.connection import StoreAddress
+    from kd_system.replay.rate_limit import SampleToInsertLimiter
+    from kd_system.replay.table import ReplayTable
+    from tests.test_store import _labelled
+
+    address = StoreAddress(redis_url, run_id, 10_000, 64)
+    limiter = SampleToInsertLimiter(min_size_to_sample=64, samples_per_insert=2.0)
+    first = ReplayTable(address, limiter)
+    ReplayTable(address).insert([_labelled(64), _labelled(64)])
+    assert first.sample(64, np.random.default_rng(0), timeout_s=5.0) is not None
+    second = ReplayTable(address, limiter)  # the replacement
+    assert (second.inserted, second.sampled) == (128, 64)
+    first.clear()
+    for table in (first, second):
+        table.close()

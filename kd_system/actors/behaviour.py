@@ -77,7 +77,7 @@ class PublishedStudent:
         self.refresh()
 
     def refresh(self) -> bool:
-        newer = self.weights.fetch(newer_than=self.version)
+        newer = self.weights.fetch(other_than=self.version)  # a restored learner's may be older: still take it
         if newer is None:
             return False
         version, blob = newer

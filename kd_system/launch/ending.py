@@ -3,6 +3,7 @@ scored (so an interrupted run's latest work counts), the pick scored on fresh ep
 summary.json written, also for a run that gave up."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -51,9 +52,13 @@ class Ending:
             return None
         try:
             state = ray.get(self.components.learner.get_state.remote())
-        except ray.exceptions.RayActorError:
-            return None  # it died at the very end: the latest snapshot on disk stands
+        except ray.exceptions.RayError:
+            return None  # it died at the very end, or fails: the latest snapshot on disk stands
         _kill(self.components.learner)
+        latest = self.progress.latest
+        if latest is not None and latest[1] == state.updates and Path(latest[0]).is_dir():
+            # no update since the latest snapshot: rewriting it would delete its evaluation (maybe the best)
+            return (Path(latest[0]) / "eval.json").is_file()
         path = self.progress.snapshot(state)
         if self.progress.selection.target_reached or not self.monitor.have_baselines:
             return False

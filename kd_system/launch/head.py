@@ -93,7 +93,11 @@ class Head(Recovery, Ending):
                 # the store is gone past store.reconnect_s: end with a last snapshot and a summary
                 self._give_up(f"the replay store failed ({error})")
                 return
-            raise error from None
+            if isinstance(error, KDError):
+                raise error from None  # the user's input (a teacher file, a setting): one line, exit 2
+            if self.stop_reason is None:  # a bug or a crash inside a component (a CUDA OOM): end cleanly,
+                self._failed(call, exc)  # its traceback kept in the run directory
+            return
         match call:
             case CollectCall(actor_index=index):
                 self.monitor.collected(result)

@@ -24,7 +24,8 @@ class RunMonitor:
         self.latest_score: float | None = None
         self.latest_loss: float | None = None
         self.learner_device = "cpu"
-        self.corrupt_chunks = 0  # replay chunks the learner skipped, in all (TrainReport)
+        self.corrupt_chunks = 0  # replay chunks the learner skipped, in all (TrainReport) ...
+        self.corrupt_before = 0  # ... of which earlier learners of this session (a replacement counts from 0)
         self.last_progress = (0.0, 0, 0)  # (elapsed s, states labelled, updates) at the last progress line
 
     @property
@@ -43,13 +44,17 @@ class RunMonitor:
     def trained(self, report: TrainReport) -> None:
         self.counters.updates = report.updates
         self.learner_device = report.device
-        if report.corrupt_chunks > self.corrupt_chunks:
-            say(f"skipped {report.corrupt_chunks - self.corrupt_chunks} replay chunk(s) that failed to decode "
-                f"({report.corrupt_chunks} in all; store.max_corrupt_share bounds the share)")
-        self.corrupt_chunks = report.corrupt_chunks
+        total = self.corrupt_before + report.corrupt_chunks
+        if total > self.corrupt_chunks:
+            say(f"skipped {total - self.corrupt_chunks} replay chunk(s) that failed to decode "
+                f"({total} in all; store.max_corrupt_share bounds the share)")
+        self.corrupt_chunks = total
         if report.loss is not None:
             self.latest_loss = report.loss
             self.metrics.log("learner", report.updates, asdict(report))
+
+    def learner_replaced(self) -> None:
+        self.corrupt_before = self.corrupt_chunks
 
     def baselines_in(self, task_index: int, baselines: Baselines) -> None:
         task = self.prepared.tasks[task_index]

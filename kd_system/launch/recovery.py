@@ -63,6 +63,14 @@ class Recovery:
             case _:
                 self._replace_learner(how)
 
+    def _failed(self, call: Call, exc: Exception) -> None:
+        """A component raised an error that is not the user's: give up, keeping its traceback."""
+        name = _name(call)
+        log = self.progress.run.root / "failure.log"
+        log.write_text(f"{name} raised:\n{exc}\n")
+        last = next((line.strip() for line in reversed(str(exc).strip().splitlines()) if line.strip()), type(exc).__name__)
+        self._give_up(f"{name} failed ({last}); its traceback: {log}")  # a live learner still gives a last snapshot
+
     # ---- collectors -------------------------------------------------------------------------
     def _collector_died(self, index: int, how: str) -> None:
         """A fixed number of collectors: replace it. ``auto``: replace it while the cluster has room
@@ -130,15 +138,26 @@ class Recovery:
     # ---- the learner and the evaluators -----------------------------------------------------
     def _replace_evaluator(self, index: int, call: Call, how: str) -> None:
         """A fresh evaluator replays the baselines (its held-out states), then the evaluation it lost."""
+        # the dead evaluator's other calls only fail: each would count as one more death of it
+        lost = [call, *(c for c in self.pending.values()
+                        if isinstance(c, (BaselinesCall, EvalCall)) and c.task_index == index)]
+        for ref in [ref for ref, c in self.pending.items() if isinstance(c, (BaselinesCall, EvalCall))
+                    and c.task_index == index]:
+            del self.pending[ref]
+        # a snapshot pruned meanwhile cannot be evaluated again: the next snapshot's evaluation follows
+        requeue = next((c for c in lost if isinstance(c, EvalCall) and Path(c.snapshot).is_dir()), None)
+        for dropped in {c.snapshot for c in lost if isinstance(c, EvalCall)} - ({requeue.snapshot} if requeue else set()):
+            self.monitor.eval_parts.pop(dropped, None)
+            self.eval_in_flight = False
         say(f"evaluator {index} died {how}; starting a replacement"
-            + (f" and re-queueing the evaluation of {Path(call.snapshot).name}" if isinstance(call, EvalCall) else ""))
+            + (f" and re-queueing the evaluation of {Path(requeue.snapshot).name}" if requeue else ""))
         _kill(self.components.evaluators[index])
         evaluator = self.components.evaluators[index] = make_evaluator(self.config, self.prepared, index)
         cfg = self.config.head
         self.pending[evaluator.baselines.remote(cfg.eval_episodes, cfg.seed)] = BaselinesCall(index)
-        if isinstance(call, EvalCall):
-            bundle = load_snapshot(call.snapshot)[0][index]
-            self.pending[evaluator.evaluate.remote(bundle, cfg.eval_episodes, cfg.seed)] = call
+        if requeue is not None:
+            bundle = load_snapshot(requeue.snapshot)[0][index]
+            self.pending[evaluator.evaluate.remote(bundle, cfg.eval_episodes, cfg.seed)] = requeue
 
     def _replace_learner(self, how: str) -> None:
         """A fresh learner restored from the latest snapshot: the updates since it are lost, at most
@@ -147,6 +166,7 @@ class Recovery:
         for ref in [ref for ref, call in self.pending.items() if isinstance(call, LEARNER_CALLS)]:
             del self.pending[ref]  # calls to the dead learner: they only fail
         _kill(self.components.learner)
+        self.monitor.learner_replaced()
         learner = self.components.learner = make_learner(self.config, self.prepared, self.stores.addresses,
                                                          self.components.learner_num_gpus)
         snapshots = self.progress.run.snapshots()

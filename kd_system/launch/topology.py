@@ -174,17 +174,25 @@ def start_components(config: RunConfig, prepared: Prepared, stores: list[StoreAd
     return Components(collectors, collector_tasks, learner, evaluators, gpus)
 
 
+PLACEMENT_WAIT_S = 30.0  # a component not up by then (waiting for a node, e.g. a GPU one) is reported as such
+
+
 def placement(components: Components) -> dict[str, Any]:
     """Node id of every component, for the summary and for tests of multi-node placement; None for
-    one that died already (the head replaces it when its first call fails)."""
-    def node_of(handle: Any) -> str | None:
+    one that died already or is not placed yet (the head deals with it: it does not wait here)."""
+    handles = [components.learner, components.evaluators[0], *components.collectors]
+    refs = [handle.node_id.remote() for handle in handles]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=PLACEMENT_WAIT_S)
+    done = set(ready)
+
+    def node_of(ref: Any) -> str | None:
         try:
-            return ray.get(handle.node_id.remote())
+            return ray.get(ref) if ref in done else None
         except ray.exceptions.RayActorError:
             return None
 
-    return {"learner": node_of(components.learner), "evaluator": node_of(components.evaluators[0]),
-            "actors": [node_of(c) for c in components.collectors], "head": ray.get_runtime_context().get_node_id()}
+    nodes = [node_of(ref) for ref in refs]
+    return {"learner": nodes[0], "evaluator": nodes[1], "actors": nodes[2:], "head": ray.get_runtime_context().get_node_id()}
 
 
 def stop_components(components: Components) -> None:

@@ -49,6 +49,13 @@ def _open_paths(pid: int) -> list[str]:
         return []
 
 
+def _is_rays(cmdline: bytes) -> bool:
+    """Ray workers retitle themselves ray::...; its daemons and agents run from the ray package."""
+    argv0 = cmdline.split(b"\0", 1)[0]
+    return (cmdline.startswith(b"ray::") or os.path.basename(argv0) in (b"raylet", b"gcs_server")
+            or b"/ray/" in cmdline)
+
+
 def session_processes(session_dir: str, listed: Processes, spare: set[int]) -> Processes:
     """The live processes of the Ray session in ``session_dir``; ``listed``: those Ray started;
     ``spare``: never these (the run process holds its driver's logs there, and may still be alive)."""
@@ -57,6 +64,9 @@ def session_processes(session_dir: str, listed: Processes, spare: set[int]) -> P
     names_it = re.compile(rb"(?:^|[\0=\s])" + re.escape(session_dir.encode()) + rb"(?=$|[\0/\s])")
     table = {pid: st for pid, st in table.items() if pid not in spare}
     found = {pid for pid, start in listed.items() if pid in table and table[pid][1] == start}
+    # by command line or open files only Ray's own processes: a `tail -f` of a worker's log, or a
+    # log shipper reading the session directory, names it or holds files in it too
+    table = {pid: st for pid, st in table.items() if pid in found or _is_rays(_cmdline(pid))}
     found |= {pid for pid in table if names_it.search(_cmdline(pid))}
     # Workers and agents retitle themselves (ray::IDLE), and when the run process dies Ray's own
     # PR_SET_PDEATHSIG kills their raylet and orphans them; every one keeps its logs open in the

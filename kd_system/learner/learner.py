@@ -211,7 +211,7 @@ class Learner:
             state = torch.load(io.BytesIO(optimizer_state), map_location=self.device, weights_only=True)
             self.optimizer.load_state_dict(state)
         self.updates, self.samples = updates, samples
-
+        self.publish()  # actors acting with the student switch to the restored one, not the lost updates
     def close(self) -> None:
         for prefetcher in self.prefetchers or []:
             prefetcher.close()

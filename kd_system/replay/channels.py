@@ -26,13 +26,15 @@ class WeightsChannel:
         with self._ns.guard("publishing weights"):
             self._ns.redis.hset(self._ns.key("weights"), mapping={"version": int(version), "blob": blob})
 
-    def fetch(self, newer_than: int = -1) -> tuple[int, bytes] | None:
-        """(version, blob) if the published version is > newer_than, else None (one cheap HGET).
-        None too while nothing is published: before the learner's first publish, or after a
-        private redis-server restarted empty, until its next one (actors keep their weights)."""
+    def fetch(self, newer_than: int = -1, other_than: int | None = None) -> tuple[int, bytes] | None:
+        """(version, blob) if the published version is > newer_than (or, given ``other_than``, is any
+        version but that one: a learner restored from a snapshot publishes an older version than the
+        dead one did), else None (one cheap HGET). None too while nothing is published: before the
+        learner's first publish, or after a private redis-server restarted empty, until its next one
+        (actors keep their weights)."""
         with self._ns.guard("fetching weights"):
             current = self._ns.redis.hget(self._ns.key("weights"), "version")
-            if current is None or int(current) <= newer_than:
+            if current is None or (int(current) == other_than if other_than is not None else int(current) <= newer_than):
                 return None
             version, blob = self._ns.redis.hmget(self._ns.key("weights"), ["version", "blob"])
         return (int(version), blob) if version is not None else None

@@ -23,8 +23,8 @@ class StoreConfig(Section):
         "only when more than this share of the chunks the learner read were corrupt"))
     reconnect_s: Number = Field(DEFAULT_RECONNECT_S, ge=0, description=(
         "how long each component keeps retrying, with backoff, a Redis that stopped answering before "
-        "the run ends; a private redis-server that died is restarted by the head within a second "
-        "(its replay buffer refills). 0: end at the first lost connection"))
+        "the run ends; a private redis-server that died is restarted by the head, usually within a "
+        "second or two (its replay buffer refills). 0: end at the first lost connection"))
 
     @field_validator("redis_url")
     @classmethod

@@ -55,7 +55,8 @@ class RetryFor(Retry):
     against an unreachable host only after the connect timeout. So the count is unlimited and the
     callback, after redis-py's cleanup, re-raises the error once the limit has passed. The limit is
     local to each call, so threads sharing a client do not share a deadline. A command whose reply
-    was lost may run twice (an INCRBY counts twice): harmless here, a skipped ring slot at worst.
+    was lost may run twice: a re-sent insert skips a ring slot and counts its states twice, so the
+    limiter lets the learner sample a little more from that buffer; rare, and only at a reconnect.
     Wrong credentials (a server restarted with another password) do not heal by waiting: no retry.
     """
 

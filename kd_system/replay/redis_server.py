@@ -1,7 +1,7 @@
 """A private, throw-away redis-server for runs (and tests) that were given no store.redis_url.
 
 Hardened for a shared machine: bound to 127.0.0.1 with protected mode on, a random password by
-default (kept in a 0600 config file in a 0700 directory, not on the command line where any local
+default (handed over on the server's stdin: never on disk, nor on the command line where any local
 user's ``ps`` would show it), no persistence, and on Linux it dies with the process that started
 it, so a ``kill -9`` of the run leaves no server behind. restart() brings it back on the same
 port with the same password (empty: its data is gone) so clients can reconnect to the same URL.
@@ -81,11 +81,10 @@ class LocalRedisServer:
         self.restarts = 0
         self._proc: subprocess.Popen | None = None
         self._stopped = False
-        self._dir = tempfile.mkdtemp(prefix="kd-redis-")  # 0700: only this user reads the config and log
+        self._dir = tempfile.mkdtemp(prefix="kd-redis-")  # 0700: only this user reads its log
         self._log = open(os.path.join(self._dir, "redis.log"), "ab")
         atexit.register(self.stop)  # never leave an orphan server behind a crashed driver
         try:
-            self._conf = self._write_conf()
             # The free port can be taken between probing and binding; a second try avoids that race.
             for attempt in range(3):
                 self.port = _free_loopback_port()
@@ -112,18 +111,17 @@ class LocalRedisServer:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def _write_conf(self) -> str:
-        path = os.path.join(self._dir, "redis.conf")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as conf:
-            if self.password:  # redis.conf quoting: "..." with backslash escapes
-                escaped = self.password.replace("\\", "\\\\").replace('"', '\\"')
-                conf.write(f'requirepass "{escaped}"\n')
-        return path
+    def _config(self) -> bytes:
+        """What the server reads on its stdin ("-" as its config file): the password, quoted as
+        redis.conf quotes ("..." with backslash escapes)."""
+        if not self.password:
+            return b""
+        escaped = self.password.replace("\\", "\\\\").replace('"', '\\"')
+        return f'requirepass "{escaped}"\n'.encode()
 
     def _start(self, last_try: bool) -> bool:
         """Start the server on self.port; False if it exited at once (the port was taken)."""
-        args = [self.binary, self._conf, "--bind", "127.0.0.1", "--port", str(self.port),
+        args = [self.binary, "-", "--bind", "127.0.0.1", "--port", str(self.port),
                 "--protected-mode", "yes", "--save", "", "--appendonly", "no", "--dir", self._dir,
                 "--daemonize", "no", "--logfile", ""]
         if self.maxmemory_mb:
@@ -131,9 +129,11 @@ class LocalRedisServer:
         # Own session: a Ctrl-C aimed at the driver must not kill the store under its feet;
         # stop() (or the atexit hook, or the parent-death signal) ends it instead.
         try:
-            self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._log,
+            self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=self._log,
                                           stderr=subprocess.STDOUT, start_new_session=True,
                                           preexec_fn=_die_with_parent())
+            self._proc.stdin.write(self._config())
+            self._proc.stdin.close()
         except OSError as exc:
             raise StoreError(f"cannot run {self.binary} ({exc.strerror}): fix the redis-server "
                              "install or set store.redis_url to a running Redis") from None

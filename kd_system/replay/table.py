@@ -60,6 +60,17 @@ class ReplayTable:
         self.reader = ChunkReader(address.run_id, address.max_corrupt_share)  # decodes, skips and counts bad chunks
         self.wait_insert_s = 0.0  # time insert() spent held back by the limiter
         self._check_layout(claim=False)
+        if limiter is not None:
+            self._continue_counts()
+
+    def _continue_counts(self) -> None:
+        """A learner's handle takes over the run's counts: a replacement learner, or a resumed run on a
+        store that kept its data, starting from sampled=0 against a full buffer would sample ~32x the
+        buffer unthrottled (or, with limiter.error_buffer, hold every actor back until it caught up)."""
+        with self._ns.guard("reading the run's counters"):
+            states, sampled, chunks = self._ns.redis.mget(
+                [self._ns.key("states"), self._ns.key("sampled"), self._ns.key("chunks")])
+        self.inserted, self.sampled, self._chunks_seen = int(states or 0), int(sampled or 0), int(chunks or 0)
 
     @classmethod
     def from_address(cls, address: StoreAddress, limiter: SampleToInsertLimiter | None = None) -> "ReplayTable":
