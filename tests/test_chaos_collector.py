@@ -2,7 +2,6 @@
 no earlier incarnation of any actor used (issue 16)."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import pytest
 
 from kd_system.config import load_config
 from kd_system.launch.topology import collector_settings
+from tests.chaos import kill, newest, settings, start, wait_for
 
 
 def test_replacement_collectors_get_seeds_no_other_collector_uses():
@@ -25,52 +25,28 @@ def test_replacement_collectors_get_seeds_no_other_collector_uses():
             used |= seeds
 
 
-def _started(pid: int) -> int:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[19])
-
-
-def _collectors_started_after(pid: int) -> list[int]:
-    """This run's collector processes: Ray workers of earlier tests may still be winding down."""
-    found = subprocess.run(["pgrep", "-f", "ray::Collector"], capture_output=True, text=True).stdout.split()
-    started = _started(pid)
-    mine = []
-    for candidate in map(int, found):
-        try:
-            if _started(candidate) >= started:
-                mine.append(candidate)
-        except (OSError, ValueError, IndexError):  # it ended meanwhile
-            pass
-    return mine
-
-
 @pytest.mark.slow
 def test_killing_a_collector_mid_run_is_survived_with_a_fresh_seed(tmp_path):
-    runs = tmp_path / "runs"
-    command = [sys.executable, "-m", "kd_system.cli", "run", "--set", f"head.runs_dir={runs}",
-               "--set", "head.target_score=null", "--set", "head.max_wall_s=45", "--set", "head.eval_episodes=5",
-               "--set", "head.final_eval_episodes=10"]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs, log = tmp_path / "runs", tmp_path / "console.log"
+    run, _, family = start(settings(runs, "head.target_score=null", "head.max_wall_s=45"), log)
     try:
-        victim = None
-        deadline = time.monotonic() + 60
-        while victim is None and time.monotonic() < deadline:  # a collector that is already collecting
-            found = subprocess.run(["pgrep", "-f", "ray::Collector"], capture_output=True, text=True).stdout.split()
-            victim = int(found[0]) if found and (runs.exists() and any(runs.rglob("metrics.jsonl"))) else None
-            time.sleep(1)
-        assert victim is not None, "no collector process appeared"
+        # a collector of this run (never another session's) that is already collecting
+        victim = wait_for(lambda: runs.exists() and any(runs.rglob("metrics.jsonl")) and newest("ray::Collector", run.pid), 60)
+        assert victim, "no collector process appeared"
         time.sleep(3)
-        os.kill(victim, signal.SIGKILL)
-        out, err = run.communicate(timeout=240)
+        kill(victim)
+        run.wait(timeout=240)
     finally:
         if run.poll() is None:
             run.kill()
-    assert run.returncode == 0, err[-3000:]
-    assert "starting replacement #1 with fresh env seeds" in err
+    console = log.read_text()
+    assert run.returncode == 0, console[-3000:]
+    assert "starting replacement #1 with fresh env seeds" in console
     (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["learner_updates"] > 0 and summary["normalized_score"] > 0
+    left = family.leftovers()
+    assert not left, left
 
 
 @pytest.mark.slow
