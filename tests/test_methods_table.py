@@ -20,7 +20,9 @@ def test_an_ensemble_cell_appears_once_its_two_extra_teachers_exist(tmp_path):
     for seed in (1, 2):
         (tmp_path / f"cartpole-v1-seed{seed}").mkdir()
         (tmp_path / f"cartpole-v1-seed{seed}" / "spec.json").write_text("{}")
-    (ensemble,) = [c for c in cells(["CartPole-v1"], tmp_path) if c.method == "ensemble of 3"]
+    found = cells(["CartPole-v1"], tmp_path)
+    assert [c.method for c in found][-3:] == ["ensemble of 3", "member seed1 alone", "member seed2 alone"]
+    (ensemble,) = [c for c in found if c.method == "ensemble of 3"]
     listed = [o for o in ensemble.overrides if o.startswith("teacher.checkpoint=")][0]
     assert listed.startswith("teacher.checkpoint=[shipped:cartpole-v1,") and listed.count(",") == 2
 
@@ -29,7 +31,8 @@ def _seed(out, cell, seed, score, evals):
     run = seed_run_dir(out / cell.slug, seed)
     run.mkdir(parents=True)
     (run / "summary.json").write_text(json.dumps({"normalized_score": score, "agreement_teacher_states": 0.9,
-                                                  "wall_s": 30.0}))
+                                                  "wall_s": 30.0, "student_return_mean": 450.0 * score,
+                                                  "teacher_return_mean": 500.0}))
     (run / "metrics.jsonl").write_text("\n".join(json.dumps({"kind": "eval", "normalized_score": s, "env_steps": n})
                                                  for s, n in evals) + "\n")
 

@@ -66,9 +66,13 @@ def cells(envs: list[str] | None, teachers: Path | None) -> list[MethodCell]:
         members = [teachers / f"{env_slug(env_id)}-seed{s}" for s in (1, 2)] if teachers else []
         if members and all((m / "spec.json").is_file() for m in members):
             shape = student_shape(env_id, 0.07)
+            share = f"{shape.params / shape.teacher_params:.2%}"
             listed = ",".join([f"shipped:{env_slug(env_id)}", *map(str, members)])
-            found.append(MethodCell(env_id, "ensemble of 3", f"{shape.params / shape.teacher_params:.2%}",
+            found.append(MethodCell(env_id, "ensemble of 3", share,
                                     (*shape.overrides(), f"teacher.checkpoint=[{listed}]", *base)))
+            # each extra member alone, as the kl row is for the shipped one: the ensemble's rival
+            found += [MethodCell(env_id, f"member {member.name.rsplit('-', 1)[-1]} alone", share,
+                                 (*shape.overrides(), f"teacher.checkpoint={member}", *base)) for member in members]
     return found
 
 
@@ -113,6 +117,9 @@ def row_of(cell: MethodCell, out: Path, seeds: list[int]) -> dict | None:
             "normalized_score": mean, "ci95_low": mean - half, "ci95_high": mean + half,
             "per_seed": " / ".join(f"{s:.3f}" for s in scores),
             "agreement_teacher_states": statistics.fmean(row["agreement_teacher_states"] for row in rows),
+            # raw returns: rows with other teachers (the ensemble, its members) compare on these
+            "student_return": statistics.fmean(row["student_return_mean"] for row in rows),
+            "teacher_return": statistics.fmean(row["teacher_return_mean"] for row in rows),
             "env_steps_to_095": int(statistics.median(steps)) if steps else None,
             "reached_095": f"{len(steps)}/{len(rows)}",
             "wall_s": statistics.fmean(row["wall_s"] for row in rows)}
@@ -125,13 +132,14 @@ def write_table(rows: list[dict], results: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     head = ["task", "method", "student / teacher", "seeds", "normalized score [95% CI over seeds]", "per seed",
-            "agreement", "env steps to 0.95 (median)", "reached 0.95", "wall s"]
+            "student return (teacher's)", "agreement", "env steps to 0.95 (median)", "reached 0.95", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         ci = "" if math.isnan(row["ci95_low"]) else f" [{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]"
         steps = f"{row['env_steps_to_095']:,}" if row["env_steps_to_095"] is not None else "never"
         lines.append("| " + " | ".join([row["env"], row["method"], row["student_share"], str(row["seeds"]),
                                         f"{row['normalized_score']:.3f}{ci}", row["per_seed"],
+                                        f"{row['student_return']:.1f} ({row['teacher_return']:.1f})",
                                         f"{100 * row['agreement_teacher_states']:.1f}%", steps, row["reached_095"],
                                         f"{row['wall_s']:.0f}"]) + " |")
     (results / "methods.md").write_text("\n".join(lines) + "\n")
