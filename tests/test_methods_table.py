@@ -33,7 +33,8 @@ def _seed(out, cell, seed, score, evals):
     (run / "summary.json").write_text(json.dumps({"normalized_score": score, "agreement_teacher_states": 0.9,
                                                   "wall_s": 30.0, "student_return_mean": 450.0 * score,
                                                   "teacher_return_mean": 500.0}))
-    (run / "metrics.jsonl").write_text("\n".join(json.dumps({"kind": "eval", "normalized_score": s, "env_steps": n})
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps({"kind": "eval", "normalized_score": s, "env_steps": n,
+                                                             "updates": n, "time": 0.0})
                                                  for s, n in evals) + "\n")
 
 
@@ -46,6 +47,7 @@ def test_a_row_is_the_mean_over_seeds_with_a_t_interval_and_the_median_steps_to_
     # mean 0.9, sd 0.1, t(0.975, 2) = 4.3027: half-width 4.3027 * 0.1 / sqrt(3) = 0.24841
     assert abs(row["normalized_score"] - 0.9) < 1e-9 and abs(row["ci95_high"] - 0.9 - 0.24841) < 1e-4
     assert row["env_steps_to_095"] == 300 and row["reached_095"] == "2/3"  # median of 200 and 400
+    assert row["at_first_eval"] == 1  # seed 1 was there at its first evaluation
     assert steps_to(seed_run_dir(tmp_path / cell.slug, 2)) is None
     write_table([row], tmp_path / "results")
     table = (tmp_path / "results" / "methods.md").read_text()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from scipy import stats
 
+from kd_system.experiments.curves import eval_curve, first_reaching, read_records
 from kd_system.experiments.grid import env_slug, load_grid, shipped_config_name, student_shape
 from kd_system.experiments.repeats import run_seeds, seed_rows, seed_run_dir
 
@@ -90,16 +91,16 @@ def _actions(env_id: str) -> int:
     return _spec(env_id)["num_actions"]
 
 
-def steps_to(run_dir: Path, threshold: float = THRESHOLD) -> int | None:
-    """Env steps at the first evaluation scoring at least ``threshold``; None if none did."""
+def steps_to(run_dir: Path, threshold: float = THRESHOLD) -> tuple[int, bool] | None:
+    """Env steps at the first evaluation scoring at least ``threshold``, read as the grid reads them
+    (experiments/curves.py: placed by the progress records), and whether that was the run's first
+    evaluation (the true crossing may then be earlier); None if no evaluation got there."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "eval" and record.get("normalized_score", -math.inf) >= threshold:
-            return int(record["env_steps"])
-    return None
+    curve = eval_curve(read_records(path))
+    reached = first_reaching(curve, threshold)
+    return (reached.env_steps, reached is curve[0]) if reached else None
 
 
 def row_of(cell: MethodCell, out: Path, seeds: list[int]) -> dict | None:
@@ -112,7 +113,8 @@ def row_of(cell: MethodCell, out: Path, seeds: list[int]) -> dict | None:
         half = stats.t.ppf(0.975, len(scores) - 1) * statistics.stdev(scores) / math.sqrt(len(scores))
     else:
         half = math.nan
-    steps = [s for s in (steps_to(seed_run_dir(out / cell.slug, row["seed"])) for row in rows) if s is not None]
+    reached = [s for s in (steps_to(seed_run_dir(out / cell.slug, row["seed"])) for row in rows) if s is not None]
+    steps = [n for n, _ in reached]
     return {"env": cell.env_id, "method": cell.method, "student_share": cell.share, "seeds": len(rows),
             "normalized_score": mean, "ci95_low": mean - half, "ci95_high": mean + half,
             "per_seed": " / ".join(f"{s:.3f}" for s in scores),
@@ -121,6 +123,7 @@ def row_of(cell: MethodCell, out: Path, seeds: list[int]) -> dict | None:
             "student_return": statistics.fmean(row["student_return_mean"] for row in rows),
             "teacher_return": statistics.fmean(row["teacher_return_mean"] for row in rows),
             "env_steps_to_095": int(statistics.median(steps)) if steps else None,
+            "at_first_eval": sum(first for _, first in reached),  # seeds already at 0.95 when first evaluated
             "reached_095": f"{len(steps)}/{len(rows)}",
             "wall_s": statistics.fmean(row["wall_s"] for row in rows)}
 
@@ -136,7 +139,11 @@ def write_table(rows: list[dict], results: Path) -> None:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         ci = "" if math.isnan(row["ci95_low"]) else f" [{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]"
-        steps = f"{row['env_steps_to_095']:,}" if row["env_steps_to_095"] is not None else "never"
+        steps = "never" if row["env_steps_to_095"] is None else (
+            # 0: the first evaluation came before the head counted any env step (collectors report each
+            # second); its true cost is at least limiter.min_size_to_sample states
+            "1st eval" if row["env_steps_to_095"] == 0 else
+            ("≤ " if row["at_first_eval"] else "") + f"{row['env_steps_to_095']:,}")
         lines.append("| " + " | ".join([row["env"], row["method"], row["student_share"], str(row["seeds"]),
                                         f"{row['normalized_score']:.3f}{ci}", row["per_seed"],
                                         f"{row['student_return']:.1f} ({row['teacher_return']:.1f})",
@@ -154,12 +161,13 @@ def main() -> None:
     parser.add_argument("--teachers", type=Path, default=None, help="holds <env>-seed1 and <env>-seed2 teachers")
     parser.add_argument("--table-only", action="store_true", help="write the table from the runs there are")
     args = parser.parse_args()
-    todo = cells(args.envs, args.teachers)
-    for index, cell in enumerate(todo, 1):
-        if not args.table_only:
+    todo = [] if args.table_only else cells(args.envs, args.teachers)
+    every = cells(None, args.teachers)  # the table holds every task run so far, whichever --envs ran now
+    for index, cell in enumerate([*todo, None], 1):
+        if cell is not None:
             print(f"[{index}/{len(todo)}] {cell.env_id} {cell.method}", flush=True)
             run_seeds(shipped_config_name(cell.env_id), args.seeds, args.out / cell.slug, list(cell.overrides))
-        rows = [row for row in (row_of(c, args.out, args.seeds) for c in todo) if row is not None]
+        rows = [row for row in (row_of(c, args.out, args.seeds) for c in every) if row is not None]
         if rows:
             write_table(rows, args.results)  # after every cell: an interrupted sweep still leaves its table
 
