@@ -152,6 +152,33 @@ def write_table(rows: list[dict], results: Path) -> None:
     (results / "methods.md").write_text("\n".join(lines) + "\n")
 
 
+def plot_sizes(rows: list[dict], path: Path) -> None:
+    """Score against the student's share of the teacher, KL rows only (7% down to linear), per task."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6.5, 3.8))
+    for env in dict.fromkeys(row["env"] for row in rows):
+        sized = sorted((float(r["student_share"].rstrip("%")), r) for r in rows
+                       if r["env"] == env and (r["method"] == "kl" or r["method"].startswith("kl, ") or r["method"] == "linear"))
+        if not sized:
+            continue
+        shares = [share for share, _ in sized]
+        means = [r["normalized_score"] for _, r in sized]
+        errors = [[0 if math.isnan(r["ci95_low"]) else r["normalized_score"] - r["ci95_low"] for _, r in sized],
+                  [0 if math.isnan(r["ci95_high"]) else r["ci95_high"] - r["normalized_score"] for _, r in sized]]
+        axis.errorbar(shares, means, yerr=errors, marker="o", capsize=3, label=env)
+    axis.axhline(THRESHOLD, color="grey", linestyle=":", label="0.95")
+    axis.set_xscale("log")
+    axis.set_xlabel("student parameters, % of the teacher's (the leftmost point is a linear student)")
+    axis.set_ylabel("normalized score (3 seeds, 95% CI)")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/methods"), help="where the runs go (resumable)")
@@ -163,6 +190,8 @@ def main() -> None:
     args = parser.parse_args()
     todo = [] if args.table_only else cells(args.envs, args.teachers)
     every = cells(None, args.teachers)  # the table holds every task run so far, whichever --envs ran now
+    tasks = list(dict.fromkeys(cell.env_id for cell in every))
+    every.sort(key=lambda cell: tasks.index(cell.env_id))  # stable: each task's rows in the grid's order
     for index, cell in enumerate([*todo, None], 1):
         if cell is not None:
             print(f"[{index}/{len(todo)}] {cell.env_id} {cell.method}", flush=True)
@@ -170,6 +199,7 @@ def main() -> None:
         rows = [row for row in (row_of(c, args.out, args.seeds) for c in every) if row is not None]
         if rows:
             write_table(rows, args.results)  # after every cell: an interrupted sweep still leaves its table
+            plot_sizes(rows, args.results / "sizes.png")
 
 
 if __name__ == "__main__":
