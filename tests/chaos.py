@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+from kd_system.processes import cmdline, descendants, stat, table
+
 RUN = [sys.executable, "-m", "kd_system.cli", "run"]
 QUICK = ["head.eval_episodes=5", "head.final_eval_episodes=10"]
 
@@ -22,14 +24,15 @@ def settings(runs: Path, *overrides: str) -> list[str]:
 
 
 def started(pid: int) -> int:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[19])
+    """The process's start time in clock ticks since boot; ValueError once it is gone."""
+    state = stat(pid)
+    if state is None:
+        raise ValueError(f"process {pid} is gone")
+    return state[1]
 
 
 def _cmdline(pid: int) -> str:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().replace(b"\0", b" ").decode(errors="replace")
+    return cmdline(pid).replace(b"\0", b" ").decode(errors="replace")
 
 
 def processes_since(ticks: int, patterns: tuple[str, ...] = ("ray::", "raylet", "gcs_server", "redis-server",
@@ -74,39 +77,19 @@ def kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def _parents() -> dict[int, int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
-    return parents
-
-
-def descendants(pid: int) -> set[int]:
-    parents, family, grew = _parents(), {pid}, True
-    while grew:
-        more = {child for child, parent in parents.items() if parent in family} - family
-        family |= more
-        grew = bool(more)
-    return family - {pid}
-
-
 class Family:
     """Every process the run started (Ray's, redis-server, their children), sampled while it runs:
     once the run is gone its orphans belong to init, so they can only be told apart beforehand."""
 
     def __init__(self, pid: int):
-        self.pid, self.seen, self._stop = pid, set(), threading.Event()
+        self.pid, self.seen, self._stop = pid, {}, threading.Event()  # seen: pid -> start ticks
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.seen |= descendants(self.pid)
+            processes = table()
+            self.seen.update({pid: processes[pid][1] for pid in descendants(self.pid, processes)})
             self._stop.wait(0.5)
 
     def leftovers(self, within_s: float = 10.0) -> dict[int, str]:
@@ -114,14 +97,9 @@ class Family:
         self._stop.set()
         self._thread.join()
 
-        def alive() -> dict[int, str]:
-            found = {}
-            for pid in self.seen:
-                try:
-                    found[pid] = _cmdline(pid)[:120]
-                except OSError:
-                    pass
-            return found
+        def alive() -> dict[int, str]:  # a pid reused since is not ours: Family keeps start times too
+            return {pid: _cmdline(pid)[:120] for pid, start in self.seen.items()
+                    if (state := stat(pid)) is not None and state[1] == start}
         wait_for(lambda: not alive(), within_s)
         return alive()
 

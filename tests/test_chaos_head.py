@@ -13,43 +13,28 @@ import pytest
 
 from kd_system.launch.config import HeadConfig
 from kd_system.launch.watchdog import Watchdog
+from kd_system.processes import cmdline, descendants, stat, table as process_table
 
 SNAPSHOT_EVERY_S = HeadConfig.model_fields["snapshot_every_s"].default
 SLACK_S = 5.0  # a snapshot waits for the learner's call in flight (1 s) and the head's loop on a busy machine
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(ppid, start ticks) of a live process, None once it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return None if fields[0] == "Z" else (int(fields[1]), int(fields[19]))
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return cmdline.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    return cmdline(pid).replace(b"\0", b" ").decode(errors="replace")
 
 
 def processes_of(run_pid: int) -> dict[int, int]:
     """pid -> start ticks of the run's processes: its descendants (Ray, its workers, redis-server,
     the watchdog), and whatever names its Ray session directory. Never anyone else's."""
-    table = {int(e): st for e in os.listdir("/proc") if e.isdigit() and (st := _stat(int(e))) is not None}
-    mine = {run_pid}
-    while more := {pid for pid, (ppid, _) in table.items() if ppid in mine and pid not in mine}:
-        mine |= more
+    table = process_table()
+    mine = {run_pid} | descendants(run_pid, table)
     sessions = {m for pid in mine for m in re.findall(r"--session[-_]dir=(\S+)", _cmdline(pid))}
     mine |= {pid for pid in table for s in sessions if re.search(re.escape(s) + r"(/|\s|$)", _cmdline(pid))}
     return {pid: table[pid][1] for pid in mine - {run_pid} if pid in table}
 
 
 def alive(processes: dict[int, int]) -> dict[int, str]:
-    return {pid: _cmdline(pid)[:100] for pid, start in processes.items() if (_stat(pid) or (0, None))[1] == start}
+    return {pid: _cmdline(pid)[:100] for pid, start in processes.items() if (stat(pid) or (0, None))[1] == start}
 
 
 def assert_all_end(processes: dict[int, int], within_s: float) -> None:

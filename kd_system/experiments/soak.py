@@ -21,25 +21,10 @@ from pathlib import Path
 
 import redis
 
+from kd_system.processes import descendants
 from kd_system.replay.redis_server import LocalRedisServer
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _descendants(pid: int) -> set[int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
-    family, grew = {pid}, True
-    while grew:
-        more = {child for child, parent in parents.items() if parent in family} - family
-        family, grew = family | more, bool(more)
-    return family
 
 
 def _rss_mb(pid: int) -> float:
@@ -72,7 +57,7 @@ def soak(wall_s: float, warmup_s: float, every_s: float, out: Path) -> dict:
         start = time.monotonic()
         try:
             while run.poll() is None:
-                family = _descendants(run.pid)
+                family = descendants(run.pid) | {run.pid}
                 row = {"elapsed_s": round(time.monotonic() - start, 1), "processes": len(family),
                        "rss_mb": round(sum(_rss_mb(pid) for pid in family), 1),
                        "head_rss_mb": round(_rss_mb(run.pid), 1),

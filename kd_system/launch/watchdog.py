@@ -18,28 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+from kd_system.processes import cmdline as _cmdline, stat as _stat, table as _table
+
 CLEAN = b"clean\n"
 GRACE_S = 3.0
 
 Processes = dict[int, int]  # pid -> start time in clock ticks since boot: a pid reused meanwhile is not the same process
-
-
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(ppid, start ticks) of a live process; None if it is gone or a zombie (reaped by its parent)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return None if fields[0] == "Z" else (int(fields[1]), int(fields[19]))
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as file:
-            return file.read()
-    except OSError:  # gone, or another user's
-        return b""
 
 
 def _open_paths(pid: int) -> list[str]:
@@ -59,7 +43,7 @@ def _is_rays(cmdline: bytes) -> bool:
 def session_processes(session_dir: str, listed: Processes, spare: set[int]) -> Processes:
     """The live processes of the Ray session in ``session_dir``; ``listed``: those Ray started;
     ``spare``: never these (the run process holds its driver's logs there, and may still be alive)."""
-    table = {int(e): st for e in os.listdir("/proc") if e.isdigit() and (st := _stat(int(e))) is not None}
+    table = _table()
     # the directory as a whole path element: session_..._12 must not match session_..._123
     names_it = re.compile(rb"(?:^|[\0=\s])" + re.escape(session_dir.encode()) + rb"(?=$|[\0/\s])")
     table = {pid: st for pid, st in table.items() if pid not in spare}
