@@ -2,6 +2,7 @@
 those of other tests' Ray sessions still winding down), kill one, and check what is left after."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -33,22 +34,6 @@ def started(pid: int) -> int:
 
 def _cmdline(pid: int) -> str:
     return cmdline(pid).replace(b"\0", b" ").decode(errors="replace")
-
-
-def processes_since(ticks: int, patterns: tuple[str, ...] = ("ray::", "raylet", "gcs_server", "redis-server",
-                                                              "dashboard", "runtime_env", "log_monitor")) -> dict[int, str]:
-    """Processes started at or after ``ticks`` whose command line mentions one of ``patterns``."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            line = _cmdline(int(entry))
-            if any(p in line for p in patterns) and started(int(entry)) >= ticks:
-                found[int(entry)] = line[:120]
-        except (OSError, ValueError, IndexError):  # it ended meanwhile
-            pass
-    return found
 
 
 def newest(pattern: str, run_pid: int) -> int | None:
@@ -116,3 +101,47 @@ def start(command: list[str], log: Path) -> tuple[subprocess.Popen, int, Family]
     with open(log, "w") as out:
         run = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True)
     return run, ticks, Family(run.pid)
+
+
+class ChaosRun:
+    """A real ``kd-system run`` in ``tmp_path`` to break: ``with ChaosRun(tmp_path, *sets) as run``;
+    ``run.ended(status)`` waits for it and checks what every fault must leave (the exit status, no
+    traceback, a summary, nothing of it still running) and returns the console and the summary."""
+
+    def __init__(self, tmp_path: Path, *overrides: str, env: dict[str, str] | None = None):
+        self.runs, self.log = tmp_path / "runs", tmp_path / "console.log"
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen(settings(self.runs, *overrides), stdout=out, stderr=subprocess.STDOUT,
+                                            text=True, env={**os.environ, **(env or {})})
+        self.family = Family(self.process.pid)
+
+    def __enter__(self) -> "ChaosRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def console(self) -> str:
+        return self.log.read_text()
+
+    def wait_for_snapshot(self, timeout_s: float = 120) -> None:
+        taken = wait_for(lambda: self.runs.exists() and any(self.runs.rglob("checkpoints/update-*")), timeout_s)
+        assert taken, self.console()[-3000:]
+
+    def newest(self, pattern: str, timeout_s: float = 30) -> int:
+        pid = wait_for(lambda: newest(pattern, self.process.pid), timeout_s)
+        assert pid, f"no {pattern} process of this run"
+        return pid
+
+    def ended(self, status: int = 0, timeout_s: float = 300) -> tuple[str, dict]:
+        self.process.wait(timeout=timeout_s)
+        console = self.console()
+        assert self.process.returncode == status, console[-3000:]
+        assert "Traceback" not in console
+        (run_dir,) = [p for p in self.runs.iterdir() if p.is_dir()]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        left = self.family.leftovers()
+        assert not left, left
+        return console, summary

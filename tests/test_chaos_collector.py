@@ -10,7 +10,7 @@ import pytest
 
 from kd_system.config import load_config
 from kd_system.launch.topology import collector_settings
-from tests.chaos import kill, newest, settings, start, wait_for
+from tests.chaos import ChaosRun, kill, wait_for
 
 
 def test_replacement_collectors_get_seeds_no_other_collector_uses():
@@ -27,26 +27,15 @@ def test_replacement_collectors_get_seeds_no_other_collector_uses():
 
 @pytest.mark.slow
 def test_killing_a_collector_mid_run_is_survived_with_a_fresh_seed(tmp_path):
-    runs, log = tmp_path / "runs", tmp_path / "console.log"
-    run, _, family = start(settings(runs, "head.target_score=null", "head.max_wall_s=45"), log)
-    try:
+    with ChaosRun(tmp_path, "head.target_score=null", "head.max_wall_s=45") as run:
         # a collector of this run (never another session's) that is already collecting
-        victim = wait_for(lambda: runs.exists() and any(runs.rglob("metrics.jsonl")) and newest("ray::Collector", run.pid), 60)
-        assert victim, "no collector process appeared"
+        assert wait_for(lambda: any(run.runs.rglob("metrics.jsonl")), 60), run.console()[-3000:]
+        victim = run.newest("ray::Collector")
         time.sleep(3)
         kill(victim)
-        run.wait(timeout=240)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    console = log.read_text()
-    assert run.returncode == 0, console[-3000:]
+        console, summary = run.ended(0, timeout_s=240)
     assert "starting replacement #1 with fresh env seeds" in console
-    (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
-    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["learner_updates"] > 0 and summary["normalized_score"] > 0
-    left = family.leftovers()
-    assert not left, left
 
 
 @pytest.mark.slow
