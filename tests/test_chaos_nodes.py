@@ -16,7 +16,8 @@ import pytest
 from kd_system.config import load_config
 from kd_system.launch import recovery
 from kd_system.launch.calls import CollectCall
-from kd_system.launch.elastic import Roster, lost_node, per_task, plan, room
+from kd_system.launch.cluster_info import room
+from kd_system.launch.elastic import Roster, lost_node, per_task, plan
 from kd_system.launch.supervision import DeathLog
 from kd_system.launch.topology import Components
 from tests.chaos import settings, start

@@ -83,6 +83,14 @@ def actor_slots(nodes: Iterable[dict[str, Any]], actor_cpus: float, actor_resour
     return max(slots, 0)
 
 
+def room(nodes: Iterable[dict[str, Any]], config: RunConfig, learner_gpus: float, num_tasks: int) -> int:
+    """Actors the cluster has room for: one rule for the start-up count (``actors_per_task``) and
+    for the head's recounts mid-run (launch/elastic.py), given the learner's GPU request."""
+    others = [Demand(config.learner.num_cpus, learner_gpus, config.learner.ray_resource)]
+    others += [Demand(config.head.evaluator_num_cpus)] * num_tasks
+    return actor_slots(nodes, config.actors.num_cpus, config.actors.ray_resource, others)
+
+
 def _settled_nodes(actor_resource: str | None, settle_s: float, max_wait_s: float) -> list[dict[str, Any]]:
     """Ray's node list once the set of actor nodes has not changed for ``settle_s`` (workers of a
     cluster that is still starting join one by one), or after ``max_wait_s`` at the latest."""
@@ -113,10 +121,8 @@ def actors_per_task(config: RunConfig, num_tasks: int = 1) -> int:
 
     from kd_system.metrics import say
 
-    others = [learner_demand(config, float(ray.cluster_resources().get("GPU", 0)))]
-    others += [Demand(config.head.evaluator_num_cpus)] * num_tasks
     nodes = _settled_nodes(a.ray_resource, AUTO_SETTLE_S, AUTO_MAX_WAIT_S)
-    slots = actor_slots(nodes, a.num_cpus, a.ray_resource, others)
+    slots = room(nodes, config, learner_gpus_for(config, float(ray.cluster_resources().get("GPU", 0))), num_tasks)
     usable = actor_nodes(nodes, a.ray_resource)
     where = f"nodes offering the Ray resource {a.ray_resource!r}" if a.ray_resource else "alive nodes"
     cpus = sum(res.get("CPU", 0) for res in usable)

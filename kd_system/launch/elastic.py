@@ -2,7 +2,7 @@
 Ray's node list and acts on the plan.
 
 With ``actors.num_actors: auto`` the head recounts the room every few seconds with the start-up's
-own rule (cluster_info.actor_slots), and keeps ``room // tasks`` collectors per task (so tasks stay
+own rule (cluster_info.room), and keeps ``room // tasks`` collectors per task (so tasks stay
 balanced, as at start-up), never fewer than one: a run whose actor nodes are all gone keeps one
 collector per task waiting for placement, so it never starves without a word and an autoscaler
 sees demand for an actor node. A node that joins gets new collectors; one that leaves takes its
@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Iterable
 
-from kd_system.config import RunConfig
-from kd_system.launch.cluster_info import Demand, actor_slots
 
 FOLLOW_EVERY_S = 3.0  # between recounts: ray.nodes() is one GCS call, cheap, but not every loop turn
 _NODE_DIED = re.compile(r"its node has died\. Node Id: ([0-9a-f]+)")
@@ -30,14 +28,6 @@ def lost_node(message: str) -> str | None:
     when the component died by itself (a crash, an OOM kill, a kill -9 of its process)."""
     found = _NODE_DIED.search(message)
     return found.group(1) if found else None
-
-
-def room(nodes: Iterable[dict[str, Any]], config: RunConfig, learner_gpus: float, num_tasks: int) -> int:
-    """Collectors the cluster has room for now: the rule actors_per_task applies at start-up,
-    with the learner's actual GPU request (decided once, at start-up)."""
-    others = [Demand(config.learner.num_cpus, learner_gpus, config.learner.ray_resource)]
-    others += [Demand(config.head.evaluator_num_cpus)] * num_tasks
-    return actor_slots(nodes, config.actors.num_cpus, config.actors.ray_resource, others)
 
 
 def per_task(room_total: int, num_tasks: int) -> int:

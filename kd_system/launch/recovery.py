@@ -13,10 +13,11 @@ from typing import Any
 
 import ray
 
+from kd_system.checkpoints.progress import resume_point
 from kd_system.checkpoints.run_dir import load_snapshot
 from kd_system.launch.calls import LEARNER_CALLS, BaselinesCall, Call, CollectCall, EvalCall, RestoreCall
-from kd_system.launch.cluster_info import actor_nodes
-from kd_system.launch.elastic import FOLLOW_EVERY_S, lost_node, per_task, plan, room
+from kd_system.launch.cluster_info import actor_nodes, room
+from kd_system.launch.elastic import FOLLOW_EVERY_S, lost_node, per_task, plan
 from kd_system.launch.supervision import death_of
 from kd_system.launch.topology import make_collector, make_evaluator, make_learner
 from kd_system.metrics import say
@@ -169,22 +170,21 @@ class Recovery:
         self.monitor.learner_replaced()
         learner = self.components.learner = make_learner(self.config, self.prepared, self.stores.addresses,
                                                          self.components.learner_num_gpus)
-        snapshots = self.progress.run.snapshots()
+        point = resume_point(self.progress.run)  # what --resume would continue from: the same restore
         lost = self.counters.updates
-        if snapshots:
-            bundles, optimizer, saved = load_snapshot(snapshots[-1])
-            ref = learner.load_state.remote([b.weights for b in bundles], optimizer, saved["updates"], saved["samples"])
-            self.counters.updates = saved["updates"]
+        if point is not None:
+            ref = learner.load_state.remote(point.student_weights, point.optimizer, point.updates, point.samples)
+            self.counters.updates = point.updates
         else:
             ref, self.counters.updates = learner.node_id.remote(), 0
         resource = self.config.learner.ray_resource
         nodes = _nodes() if resource is not None else None
         waits = nodes is not None and not actor_nodes(nodes, resource)
         say(f"learner died {how}; restarting it from "
-            + (f"{snapshots[-1].name} (update {self.counters.updates}; {lost - self.counters.updates} updates lost)"
-               if snapshots else "scratch (no snapshot yet)")
+            + (f"{point.snapshot.name} (update {self.counters.updates}; {lost - self.counters.updates} updates lost)"
+               if point else "scratch (no snapshot yet)")
             + (f"; it starts once a node offering {resource!r} joins" if waits else ""))
-        self.pending[ref] = RestoreCall(snapshots[-1] if snapshots else None)
+        self.pending[ref] = RestoreCall(point.snapshot if point else None)
         self.snapshot_in_flight, self.learner_idle, self.learner_alive = False, False, False
         self.last_snapshot = (self.progress.elapsed(), self.counters.updates)
 
