@@ -25,8 +25,10 @@ if TYPE_CHECKING:  # training.py calls write_teacher: an import at run time woul
     from kd_system.teachers.training import TeacherTrainConfig
 
 
-def write_teacher(cfg: TeacherTrainConfig, spec: PolicySpec, best: dict, total_steps: int, total_wall: float) -> Path:
-    """Evaluate ``best["state"]`` after a round trip through the file format, then save it to ``cfg.out_dir``."""
+def write_teacher(cfg: TeacherTrainConfig, spec: PolicySpec, best: dict, total_steps: int, total_wall: float,
+                  resumed_at: list[int] | tuple[int, ...] = ()) -> Path:
+    """Evaluate ``best["state"]`` after a round trip through the file format, then save it to ``cfg.out_dir``.
+    ``resumed_at``: the env steps at which later parts of the training resumed (``--resume``)."""
     import ray
 
     out = Path(cfg.out_dir)
@@ -46,6 +48,7 @@ def write_teacher(cfg: TeacherTrainConfig, spec: PolicySpec, best: dict, total_s
         "random_return_mean": round(rand.mean, 3), "random_return_std": round(rand.std, 3),
         "train_env_steps": best["steps"], "train_wall_s": round(best["wall"], 1),
         "train_env_steps_total": total_steps, "train_wall_s_total": round(total_wall, 1),
+        **({"train_resumed_at": list(resumed_at)} if resumed_at else {}),
         "selected_iteration": best["iteration"], "selection_eval_mean": round(best["full"], 3),
         **({"selection_max_episode_steps": selection_cap} if selection_cap is not None else {}),
         "export_max_abs_diff": best["diff"], "algorithm": cfg.algorithm, "rllib_version": ray.__version__,
@@ -73,6 +76,11 @@ def _return_label(card: dict) -> str:
     return f"Epsilon-greedy ({epsilon:g}) return" if epsilon else "Greedy return"
 
 
+def _parts_text(card: dict) -> str:
+    resumed = card.get("train_resumed_at") or []
+    return f" in {len(resumed) + 1} parts (resumed at {', '.join(f'{s:,}' for s in resumed)} env steps)" if resumed else ""
+
+
 def _network_text(spec: PolicySpec) -> str:
     net = spec.network
     if net["kind"] == "cnn":
@@ -96,7 +104,7 @@ kd_system policy format and verified against RLlib's own forward (max abs diff {
 | Random policy, same seeds | {card['random_return_mean']:.2f} ± {card['random_return_std']:.2f} |
 | Network | {_network_text(spec)}; outputs {kind} |
 | Parameters | {card['num_params']:,} ({card['weights_bytes'] / 1024:.0f} KiB float32) |
-| Env steps to the shipped weights | {card['train_env_steps']:,} ({card['train_wall_s']:.0f} s); run total {card['train_env_steps_total']:,} ({card['train_wall_s_total']:.0f} s) |
+| Env steps to the shipped weights | {card['train_env_steps']:,} ({card['train_wall_s']:.0f} s); run total {card['train_env_steps_total']:,} ({card['train_wall_s_total']:.0f} s){_parts_text(card)} |
 | Created | {card['created']} |
 
 The shipped weights are the best greedy snapshot (selected on episodes disjoint from the ones reported above).

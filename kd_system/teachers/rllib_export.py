@@ -73,7 +73,8 @@ def build_algo(env: str, env_config: dict[str, Any], algorithm: str, model: dict
                             grad_clip=hp["grad_clip"], dueling=False, double_q=True, num_atoms=1,
                             n_step=int(hp["n_step"]), target_network_update_freq=int(hp["target_update_freq"]),
                             num_steps_sampled_before_learning_starts=int(hp["learning_starts"]),
-                            epsilon=[(0, 1.0), (int(hp["epsilon_steps"]), eps_final)],
+                            # epsilon_start: where a resumed training's schedule left off (training.py)
+                            epsilon=[(0, float(hp.get("epsilon_start", 1.0))), (int(hp["epsilon_steps"]), eps_final)],
                             replay_buffer_config=_buffer_config(hp))
                   .reporting(min_sample_timesteps_per_iteration=int(hp["steps_per_iter"])))
     else:

@@ -4,13 +4,18 @@ Every evaluation goes through OUR exported network (export -> verify -> FrozenPo
 episodes), so what is selected and reported is exactly what gets shipped. This module selects;
 card.py evaluates the selected weights and writes them with their model card; cli.py is
 ``kd-system teacher train``.
+
+Training goes in parts: after every iteration the resume point (resume.py) is rewritten in
+``OUT/.training``, and ``kd-system teacher train --resume OUT`` continues from the last one, with
+the counters, the best snapshot and the wall budget of all parts. SIGTERM acts as Ctrl-C; both stop
+the part at once and stop the Ray it started (its watchdog ends that Ray if this process is killed).
 """
 from __future__ import annotations
 
 import math
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +29,7 @@ from kd_system.errors import ConfigError
 from kd_system.evaluation.episodes import run_episodes
 from kd_system.policies.networks import CNN_PRESETS, cnn_spec
 from kd_system.policies.files import FrozenPolicy, PolicySpec
+from kd_system.teachers import resume as resume_point
 from kd_system.teachers.card import write_teacher
 from kd_system.teachers.rllib_cnn import ATARI_DEFAULTS, cnn_model_config, export_cnn, register_training_env, to_rllib_obs
 from kd_system.teachers.rllib_export import (ALGORITHMS, DEFAULTS, HPARAMS, build_algo, export_mlp, mlp_model_config,
@@ -93,6 +99,30 @@ class TeacherTrainConfig:
         defaults = ATARI_DEFAULTS if self.cnn else DEFAULTS
         return {**defaults[self.algorithm], **self.hparams}
 
+    def to_record(self) -> dict[str, Any]:
+        """The config as JSON (the resume point keeps it, so ``--resume`` needs no other flag)."""
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], **changes: Any) -> "TeacherTrainConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise ConfigError(f"the resume point's config has unknown fields {unknown}: it was written by another version")
+        return cls(**{**record, "hidden": tuple(record.get("hidden", (256, 256))), **changes})
+
+    def resumed_hparams(self, env_steps: int) -> dict[str, Any]:
+        """The hyper-parameters of a part that starts ``env_steps`` into the training: DQN's epsilon
+        goes on from where its schedule left off, and learning waits until the replay buffer (not
+        kept in the resume point) holds ``learning_starts`` fresh steps again."""
+        hp = self.resolved_hparams()
+        if self.algorithm != "dqn" or env_steps <= 0:
+            return hp
+        total, final = int(hp["epsilon_steps"]), float(hp["epsilon_final"])
+        done = min(env_steps / max(total, 1), 1.0)
+        return {**hp, "epsilon_start": 1.0 + (final - 1.0) * done, "epsilon_steps": max(total - env_steps, 1),
+                "learning_starts": min(int(hp["learning_starts"]), int(hp["buffer_size"]))}
+
     def network(self) -> dict[str, Any]:
         if self.cnn:
             return cnn_spec(self.preset)
@@ -120,11 +150,18 @@ def _metric(result: dict, *keys: str) -> float:
     return float(result) if isinstance(result, (int, float, np.number)) else float("nan")
 
 
-def train_teacher(cfg: TeacherTrainConfig) -> Path:
-    """Train, select the best greedy export, write ``spec.json``/``model.safetensors``/``MODEL_CARD.md``."""
+LEARNER_PARTS = ("rl_module", "optimizer")  # of the learner's state: what a resumed part needs
+
+
+def train_teacher(cfg: TeacherTrainConfig, resume: resume_point.ResumePoint | None = None) -> Path:
+    """Train (or go on from ``resume``), select the best greedy export, write ``spec.json``/
+    ``model.safetensors``/``MODEL_CARD.md``."""
     cfg.validate()
-    import ray
     from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+    from kd_system.launch.run import _stop_ray
+    from kd_system.launch.topology import connect_ray
+    from kd_system.launch.watchdog import Watchdog
 
     torch.set_num_threads(cfg.torch_threads)
     spaces = cfg.spaces
@@ -136,6 +173,13 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
     cnn = cfg.cnn
     output_kind = "q" if cfg.algorithm == "dqn" else "logits"
     spec = PolicySpec("teacher", cfg.env_id, spaces.obs_shape, spaces.obs_dtype, spaces.num_actions, output_kind, network)
+    progress = resume.progress if resume else resume_point.Progress()
+    best_state = dict(resume.best_state) if resume and resume.best_state is not None else None
+    offset_steps, offset_wall = progress.env_steps, progress.wall_s
+    if resume:
+        progress.resumed_at.append(offset_steps)
+        print(f"[teacher {cfg.env_id} {cfg.algorithm}] resuming at iteration {progress.iteration}, env steps "
+              f"{offset_steps}, {offset_wall:.0f} s so far", flush=True)
 
     def export_now():  # -> (our verified network, max abs diff vs RLlib)
         module = algo.get_module()
@@ -150,46 +194,65 @@ def train_teacher(cfg: TeacherTrainConfig) -> Path:
         return run_episodes(cfg.env_id, policy.greedy_actions, episodes, seed,
                             max_episode_steps=quick_eval_max_steps(cfg.env_id))  # the card's evaluation: whole games
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(num_cpus=max(2, cfg.num_env_runners + 1), include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", configure_logging=False)
+    # Ray started here is stopped here, whatever happens; SIGTERM raises KeyboardInterrupt like Ctrl-C.
+    started_ray = connect_ray(None, num_cpus=max(2, cfg.num_env_runners + 1), quiet=True)
+    watchdog = Watchdog.for_local_ray() if started_ray else None
     start = time.monotonic()
-    best: dict[str, Any] = {}
     select_seed = cfg.eval_seed + 1_000_000  # selection episodes never overlap the reported ones
-    if cnn:  # RLlib gets the teacher-training env (envs.make_training_env) in its image layout
-        algo = build_algo(register_training_env(), {"env_id": cfg.env_id}, cfg.algorithm, cnn_model_config(network),
-                          cfg.resolved_hparams(), cfg.seed, cfg.num_env_runners)
-    else:
-        algo = build_algo(cfg.env_id, {}, cfg.algorithm, mlp_model_config(cfg.hidden), cfg.resolved_hparams(),
-                          cfg.seed, cfg.num_env_runners)
+    hparams = cfg.resumed_hparams(offset_steps)
+    seed = cfg.seed + len(progress.resumed_at)  # a resumed part does not replay the first part's episodes
+    algo = None
     try:
-        iteration, steps, latest = 0, 0, float("nan")
+        if cnn:  # RLlib gets the teacher-training env (envs.make_training_env) in its image layout
+            algo = build_algo(register_training_env(), {"env_id": cfg.env_id}, cfg.algorithm, cnn_model_config(network),
+                              hparams, seed, cfg.num_env_runners)
+        else:
+            algo = build_algo(cfg.env_id, {}, cfg.algorithm, mlp_model_config(cfg.hidden), hparams, seed,
+                              cfg.num_env_runners)
+        if resume:
+            algo.set_state({"learner_group": {"learner": resume.learner_state}})
+        latest = float("nan")
         while True:
             result = algo.train()
-            iteration += 1
-            steps = int(_metric(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME))
-            elapsed = time.monotonic() - start
-            done = steps >= cfg.max_env_steps or elapsed >= cfg.max_wall_s
-            if iteration % cfg.eval_every_iters == 0 or done:
+            progress.iteration += 1
+            progress.env_steps = offset_steps + int(_metric(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME))
+            progress.wall_s = offset_wall + time.monotonic() - start
+            done = progress.env_steps >= cfg.max_env_steps or progress.wall_s >= cfg.max_wall_s
+            best = progress.best
+            if progress.iteration % cfg.eval_every_iters == 0 or done:
                 net, diff = export_now()
                 latest = greedy(net, cfg.select_episodes, select_seed).mean
                 if latest >= best.get("quick", -math.inf):
                     full = greedy(net, cfg.eval_episodes, select_seed + 100_000).mean
                     if full >= best.get("full", -math.inf):  # ties: the later, longer-trained weights
-                        best = dict(quick=latest, full=full, state={k: v.clone() for k, v in net.state_dict().items()},
-                                    steps=steps, wall=time.monotonic() - start, iteration=iteration, diff=diff)
+                        progress.best = best = dict(quick=latest, full=full, steps=progress.env_steps,
+                                                    wall=progress.wall_s, iteration=progress.iteration, diff=diff)
+                        best_state = {k: v.detach().clone().numpy() for k, v in net.state_dict().items()}
                     if cfg.target_return is not None and full >= cfg.target_return:
                         done = True
-            print(f"[teacher {cfg.env_id} {cfg.algorithm}] iter {iteration:4d}  env_steps {steps:8d}  "
+            learner = algo.get_state(components=["learner_group"])["learner_group"]["learner"]
+            resume_point.save(cfg.out_dir, cfg.to_record(), progress, {k: learner[k] for k in LEARNER_PARTS},
+                              best_state)
+            print(f"[teacher {cfg.env_id} {cfg.algorithm}] iter {progress.iteration:4d}  env_steps {progress.env_steps:8d}  "
                   f"train_return {_metric(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN):8.2f}  "
                   f"greedy_eval {latest:8.2f}  best {best.get('full', float('nan')):8.2f}  "
-                  f"elapsed {time.monotonic() - start:7.1f}s", flush=True)
+                  f"elapsed {progress.wall_s:7.1f}s", flush=True)
             if done:
                 break
-        total_steps, total_wall = steps, time.monotonic() - start
+    except KeyboardInterrupt:
+        print(f"[teacher {cfg.env_id} {cfg.algorithm}] stopped at iteration {progress.iteration} (env steps "
+              f"{progress.env_steps}); continue with: kd-system teacher train --resume {shlex.quote(cfg.out_dir)}",
+              flush=True)
+        raise
     finally:
-        algo.stop()
-        if started_ray:
-            ray.shutdown()
-    return write_teacher(cfg, spec, best, total_steps, total_wall)
+        try:
+            if algo is not None:
+                algo.stop()
+        finally:
+            if started_ray:
+                _stop_ray(watchdog)
+    if best_state is None:
+        raise ConfigError(f"max_env_steps/max_wall_s: the training at {cfg.out_dir} ended before its first evaluation; "
+                          "raise the budget and continue with --resume")
+    best = {**progress.best, "state": {k: torch.from_numpy(v) for k, v in best_state.items()}}
+    return write_teacher(cfg, spec, best, progress.env_steps, progress.wall_s, progress.resumed_at)
