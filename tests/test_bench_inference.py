@@ -10,7 +10,7 @@ import torch
 
 from kd_system.bench import command, inference
 from kd_system.bench.context import DEFAULT_SECTIONS, BenchContext, BenchOptions, parse_only
-from kd_system.bench.inference_engines import ENGINES, Budget, network_macs
+from kd_system.bench.inference_engines import CHANNELS_LAST, ENGINES, Budget, engine_names, network_macs
 from kd_system.bench.report import render
 from kd_system.errors import ConfigError
 from kd_system.policies.files import PolicyBundle, PolicySpec
@@ -54,7 +54,8 @@ def test_every_engine_of_teacher_and_student_with_ratios(section):
     for case in section["cases"].values():
         base = case["teacher"]["engines"]["torch_eager"]
         for role in ("teacher", "student"):
-            assert list(case[role]["engines"]) == list(ENGINES)
+            assert list(case[role]["engines"]) == list(engine_names(case[role]["network"]))
+            assert set(ENGINES) <= set(case[role]["engines"])
             for figures in case[role]["engines"].values():
                 check_engine(figures)
         for figures in case["student"]["engines"].values():
@@ -72,6 +73,8 @@ def test_every_engine_of_teacher_and_student_with_ratios(section):
         (inference.resolve_teacher_path("shipped:cartpole-v1") / "model.safetensors").stat().st_size
     assert cartpole["floor"]["p50_us"] > 0 and cartpole["floor"]["states_per_s"] > 0
     assert "floor" not in section["cases"]["atari"]  # a CNN has no numpy floor
+    assert CHANNELS_LAST in section["cases"]["atari"]["teacher"]["engines"]  # a layout choice, CNNs only
+    assert CHANNELS_LAST not in cartpole["teacher"]["engines"]
     assert section["atari_throughput_vs_teacher_eager"] == section["cases"]["atari"]["throughput_vs_teacher_eager"]
     assert section["atari_p50_gain_vs_teacher_eager"] == section["cases"]["atari"]["p50_gain_vs_teacher_eager"]
 

@@ -1,7 +1,9 @@
-"""The inference section's parts: one policy built in four engines, each behind the call the
-actors use (``FrozenPolicy.outputs``: numpy observations in, numpy outputs out), so every engine
-pays the same conversions; the timing of one engine (batch-1 percentiles, batch-64 states/s);
-the numpy floor of an MLP; and multiply-adds counted from a network spec."""
+"""The inference section's parts: one policy built in the teacher engines a run can label with
+(teachers/engines.py), plus torch with channels-last weights for CNNs (a layout choice, measured
+here only), each behind the call the actors use (``FrozenPolicy.outputs``: numpy observations
+in, numpy outputs out), so every engine pays the same conversions; the timing of one engine
+(batch-1 percentiles, batch-64 states/s); the numpy floor of an MLP; and multiply-adds counted
+from a network spec."""
 from __future__ import annotations
 
 import itertools
@@ -11,18 +13,19 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from torch import nn
 
 from kd_system.bench.timing import steady_rate, torch_threads
-from kd_system.export.onnx_file import to_onnx
-from kd_system.export.quantize import quantize_cnn, quantize_mlp
-from kd_system.export.records import Exported, exported_network, input_dtype
-from kd_system.export.torchscript_file import to_torchscript
 from kd_system.policies.files import FrozenPolicy, PolicyBundle
 from kd_system.policies.networks import MLP, cnn_spec
-from kd_system.policies.opaque import load_opaque
+from kd_system.teachers.engines import build_engines as build_engine_bundles
 
-ENGINES = ("torch_eager", "torchscript", "onnx_fp32", "onnx_int8")
+# The bench's names (its --json keys) for the run's teacher.engine values.
+TEACHER_ENGINES = {"torch_eager": "torch", "torchscript": "torchscript", "onnx_fp32": "onnxruntime",
+                   "onnx_int8": "onnxruntime-int8"}
+ENGINES = tuple(TEACHER_ENGINES)
+CHANNELS_LAST = "torch_channels_last"  # CNNs only: an MLP has no image layout to change
 BATCH = 64
 # Batch-1 calls per engine: enough for a p99 that is not the single worst call, capped so the
 # slow CNN engines fit the same time budget as the MLPs.
@@ -47,23 +50,22 @@ class Engine:
     nbytes: int  # the engine's file on disk: safetensors for eager, the exported file otherwise
 
 
-def _opaque(bundle: PolicyBundle, exported: Exported, source: str) -> Forward:
-    spec = bundle.spec
-    network = exported_network(exported.fmt, input_dtype(spec))
-    return FrozenPolicy(spec, load_opaque(network, spec.num_actions, exported.data, source)).outputs
+def engine_names(network: dict[str, Any]) -> tuple[str, ...]:
+    """The engines measured for a network: every teacher engine, and channels-last torch for CNNs."""
+    return (ENGINES[0], CHANNELS_LAST, *ENGINES[1:]) if network.get("kind") == "cnn" else ENGINES
 
 
 def build_engines(bundle: PolicyBundle, source: str, calibration: np.ndarray) -> list[Engine]:
-    """The export stage's own exporters and quantizers (kd_system/export), as `kd-system export` makes files."""
-    spec, module = bundle.spec, bundle.module()
-    script = to_torchscript(module, spec, source)
-    onnx = to_onnx(module, spec, source)
-    # The quantizer `kd-system export --int8` picks: static QDQ with calibration for CNNs, dynamic for MLPs.
-    int8 = quantize_cnn(onnx, calibration) if spec.network.get("kind") == "cnn" else quantize_mlp(onnx)
-    return [Engine("torch_eager", FrozenPolicy(spec, module).outputs, len(bundle.weights)),
-            Engine("torchscript", _opaque(bundle, script, source), len(script.data)),
-            Engine("onnx_fp32", _opaque(bundle, onnx, source), len(onnx.data)),
-            Engine("onnx_int8", _opaque(bundle, int8, source), len(int8.data))]
+    """The engines a run's actors would label with (teachers/engines.py, the export stage's exporters
+    and quantizers), and for CNNs torch with channels-last weights: the input stays as envs give it
+    (NCHW), so the layout's conversions are paid inside the forward, as an actor would pay them."""
+    built = build_engine_bundles(bundle, list(TEACHER_ENGINES.values()), source, calibration)
+    engines = {name: Engine(name, FrozenPolicy.from_bundle(built[engine]).outputs, len(built[engine].weights))
+               for name, engine in TEACHER_ENGINES.items()}
+    if CHANNELS_LAST in engine_names(bundle.spec.network):
+        module = bundle.module().to(memory_format=torch.channels_last)
+        engines[CHANNELS_LAST] = Engine(CHANNELS_LAST, FrozenPolicy(bundle.spec, module).outputs, len(bundle.weights))
+    return [engines[name] for name in engine_names(bundle.spec.network)]
 
 
 def latency_us(forward: Forward, singles: list[np.ndarray], budget: Budget, max_calls: int) -> dict[str, float]:

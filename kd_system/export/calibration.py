@@ -58,17 +58,23 @@ def teacher_states(plan: CalibrationPlan, obs_shape: tuple[int, ...]) -> np.ndar
     if tuple(teacher.spec.obs_shape) != tuple(obs_shape):
         raise ConfigError(f"--int8 calibration: the teacher {plan.teacher} takes observations "
                           f"{tuple(teacher.spec.obs_shape)}, the student {tuple(obs_shape)}; they play different envs")
-    envs = make_vector_env(plan.env_id, ROLLOUT_ENVS, plan.seed)
-    rng = np.random.default_rng(plan.seed)
+    return rollout_states(teacher, plan.env_id, plan.count, plan.seed, plan.epsilon)
+
+
+def rollout_states(teacher: FrozenPolicy, env_id: str, count: int, seed: int, epsilon: float) -> np.ndarray:
+    """``count`` states of ``teacher`` playing ``env_id`` greedily, ``epsilon`` of its actions random.
+    Shared with a run's teacher-engine check (teachers/engines.py), which holds the teacher in memory."""
+    envs = make_vector_env(env_id, ROLLOUT_ENVS, seed)
+    rng = np.random.default_rng(seed)
     try:
-        obs, _ = envs.reset(seed=plan.seed)
+        obs, _ = envs.reset(seed=seed)
         kept = [np.asarray(obs)]
-        while sum(len(batch) for batch in kept) < plan.count:
+        while sum(len(batch) for batch in kept) < count:
             actions = teacher.greedy_actions(obs)
-            explore = rng.random(ROLLOUT_ENVS) < plan.epsilon
+            explore = rng.random(ROLLOUT_ENVS) < epsilon
             actions[explore] = rng.integers(0, teacher.spec.num_actions, size=int(explore.sum()))
             obs, *_ = envs.step(actions)
             kept.append(np.asarray(obs))
     finally:
         envs.close()
-    return np.concatenate(kept)[:plan.count]
+    return np.concatenate(kept)[:count]

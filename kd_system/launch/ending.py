@@ -15,6 +15,7 @@ from kd_system.launch.calls import CollectCall, EvalCall, TrainCall
 from kd_system.launch.final import final_scores
 from kd_system.launch.recovery import ACTOR_CALL_S, _kill
 from kd_system.launch.supervision import death_of
+from kd_system.launch.teacher_engine import run_engine_record
 from kd_system.launch.topology import make_evaluator
 from kd_system.metrics import say
 
@@ -37,6 +38,7 @@ class Ending:
         last_scored = self._last_snapshot()
         if not self.progress.run.snapshots():  # gave up before the first snapshot: nothing to score
             summary = unscored_summary(self.progress, self.stop_reason, self.failure)
+            summary |= run_engine_record(self.prepared)
             self.progress.run.write_summary(summary)
         else:
             summary = self._final_summary(last_scored)

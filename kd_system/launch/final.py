@@ -11,6 +11,7 @@ from kd_system.checkpoints.progress import RunProgress
 from kd_system.checkpoints.run_dir import load_snapshot
 from kd_system.checkpoints.summary import combine_reports, run_scores, task_summary
 from kd_system.launch.preparation import Prepared
+from kd_system.launch.teacher_engine import engine_record, run_engine_record
 from kd_system.metrics import MetricsLog, say
 
 
@@ -22,8 +23,9 @@ def final_scores(prepared: Prepared, evaluators: list[Any], progress: RunProgres
     bundles = load_snapshot(Path(best.path))[0]
     baselines = ray.get([e.baselines.remote(episodes, seed) for e in evaluators])
     finals = ray.get([e.evaluate.remote(b, episodes, seed) for e, b in zip(evaluators, bundles)])
-    tasks = [task_summary(task, base, final) for task, base, final in zip(prepared.tasks, baselines, finals)]
+    tasks = [task_summary(task, base, final) | engine_record(task)
+             for task, base, final in zip(prepared.tasks, baselines, finals)]
     final_report = combine_reports(progress.task_names, [final.record() for final in finals])
     metrics.log("final_eval", progress.counters.updates,
                 {k: v for k, v in final_report.items() if k != "student_returns"} | {"snapshot": best.path})
-    return run_scores(tasks, prepared.teacher_params, prepared.student_params, final_report)
+    return run_scores(tasks, prepared.teacher_params, prepared.student_params, final_report) | run_engine_record(prepared)

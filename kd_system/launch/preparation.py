@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kd_system.config import RunConfig, TaskConfig, resolve_teacher_path
 from kd_system.envs.copying import check_copyable, has_time_limit
@@ -19,6 +20,9 @@ from kd_system.policies.files import PolicyBundle, PolicySpec, load_bundle
 from kd_system.teachers.imports.importer import import_on_the_fly, is_project_checkpoint
 from kd_system.teachers.imports.records import ImportOptions
 from kd_system.teachers.ensemble import Member, ensemble_bundle, is_ensemble, member_sources, size_reference
+
+if TYPE_CHECKING:  # built after prepare (launch/teacher_engine.py); the CLI's early check needs no exporter
+    from kd_system.teachers.engines import TeacherEngine
 
 
 def label_kind(teacher_kind: str, lookahead: LookaheadSettings | None) -> str:
@@ -36,6 +40,12 @@ class PreparedTask:
     student_spec: PolicySpec  # this task's view of the student: a plain MLP checkpoint
     lookahead: LookaheadSettings | None = None  # set: states are labelled by the rollout-improved teacher
     imported: bool = False  # an imported file or an ensemble: run.py keeps the teacher's copy in the run
+    engine: TeacherEngine | None = None  # teacher.engine, once built and checked; None: label with the teacher
+
+    @property
+    def labelling_teacher(self) -> PolicyBundle:
+        """What the collectors label with; the evaluator and the run directory keep the fp32 teacher."""
+        return self.engine.bundle if self.engine is not None else self.teacher
 
     @property
     def label_kind(self) -> str:

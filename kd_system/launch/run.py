@@ -18,6 +18,7 @@ from kd_system.config import RunConfig
 from kd_system.launch.head import Head
 from kd_system.launch.preparation import Prepared, prepare
 from kd_system.launch.stores import RunStores
+from kd_system.launch.teacher_engine import with_engines
 from kd_system.launch.topology import Components, connect_ray, placement, start_components, stop_components
 from kd_system.launch.watchdog import Watchdog
 from kd_system.metrics import MetricsLog, ResumedAt, say
@@ -27,7 +28,8 @@ from kd_system.teachers.imports.writing import write_imported
 def run(config: RunConfig, run_dir: RunDirectory, address: str | None = None, resumed: bool = False) -> dict[str, Any]:
     """Distil until a stop condition holds; returns the summary (also in the run's summary.json)."""
     started = time.perf_counter()  # the run's wall time counts Ray's start-up too
-    prepared = _keep_imported_teachers(prepare(config), run_dir)
+    # engines before the imported teachers are written: a refused engine leaves a new run directory unused
+    prepared = _keep_imported_teachers(with_engines(config, prepare(config)), run_dir)
     point = resume_point(run_dir) if resumed else None  # read (and checked) before anything starts
     whose = "the teacher's" if not prepared.multi_task else f"the {len(prepared.tasks)} teachers' combined"
     say(f"run directory {run_dir.root}; student {prepared.student_params} params = "

@@ -126,8 +126,7 @@ def make_collector(config: RunConfig, actor_id: int, task_index: int, prepared: 
     remote_cls = _placed(Collector).options(num_cpus=config.actors.num_cpus,
                                             resources=_resources(config.actors.ray_resource))
     return remote_cls.remote(collector_settings(config, actor_id, task_index, prepared, incarnation), stores[task_index],
-                             task.teacher,
-                             task.student_spec)
+                             task.labelling_teacher, task.student_spec)
 
 
 def make_learner(config: RunConfig, prepared: Prepared, stores: list[StoreAddress], gpus: float) -> Any:

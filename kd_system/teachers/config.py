@@ -1,5 +1,7 @@
-"""The ``teacher`` section: the frozen policy a single-task run distils, and how to import it when
-it is another library's file (teachers/imports/; the same options as ``kd-system teacher import``)."""
+"""The ``teacher`` section: the frozen policy a single-task run distils, how to import it when
+it is another library's file (teachers/imports/; the same options as ``kd-system teacher import``),
+and the engine the actors label with (teachers/engines.py); a multi-task run's tasks share the
+import options and the engine."""
 from __future__ import annotations
 
 import math
@@ -11,6 +13,8 @@ from kd_system.config_base import Number, Section
 
 FORMATS = ("sb3", "cleanrl", "rllib", "torchscript", "onnx")
 LAYOUTS = ("chw", "hwc")
+# What the actors label with (teachers/engines.py); kept here, free of torch, for the config check.
+ENGINES = ("torch", "torchscript", "onnxruntime", "onnxruntime-int8")
 
 
 # One checkpoint, or several whose tempered policies are averaged into one teacher (teachers/ensemble.py).
@@ -54,6 +58,14 @@ class TeacherConfig(Section):
     obs_scale: Number = Field(1.0, gt=0, description="TorchScript/ONNX: the network takes observations times this")
     vecnormalize: Optional[StrictStr] = Field(None, description="SB3: VecNormalize statistics file (needs trust_pickle)")
     trained_env: Optional[StrictStr] = Field(None, description="the env id the imported teacher was trained on, if known")
+    engine: Literal[ENGINES] = Field("torch", description=(  # type: ignore[valid-type]
+        "what the actors label with, built once at the run's start and shipped to them: torch (the checkpoint's "
+        "own fp32 network), torchscript (traced and frozen), onnxruntime (fp32 ONNX) or onnxruntime-int8 (int8 "
+        "ONNX: dynamic for MLPs, static with calibration states for CNNs); every task's teacher in a multi-task "
+        "run. The evaluator keeps fp32 torch, the reference"))
+    engine_agreement_floor: Number = Field(0.995, ge=0, le=1, description=(
+        "the run is refused at its start if the engine picks the same greedy action as fp32 torch on fewer than "
+        "this fraction of held-out states of the env"))
 
     @field_validator("checkpoint", mode="before")
     @classmethod
