@@ -286,3 +286,32 @@ def test_no_deployment_file_carries_a_secret():
     for path in files:
         text = (REPO / path).read_text()
         assert not re.search(r"[0-9a-f]{32,}", text), path  # no generated password or token pasted in
+
+
+def shell_words(script: str, name: str) -> list[str]:
+    """The words of a NAME="a b c" line in a shell script."""
+    return re.search(rf'^{name}="([^"]*)"', script, re.M).group(1).split()
+
+
+def test_offline_image_installs_what_the_dockerfile_installs():
+    """deploy/build-image.sh --offline builds from deploy/offline.Containerfile on a debootstrap
+    base; both images must hold the same packages and look the same to compose and the entrypoint."""
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    script = (REPO / "deploy" / "build-image.sh").read_text()
+    containerfile = (REPO / "deploy" / "offline.Containerfile").read_text()
+    apt = re.search(r"apt-get install -y --no-install-recommends ([^\n&\\]+)", dockerfile).group(1).split()
+    assert set(apt) <= set(shell_words(script, "DEBIAN_PACKAGES"))
+    pip = re.search(r'pip install --no-cache-dir --constraint \S+ "/tmp/kd_src\[([\w,]+)\]" ([^\n\\]+)', dockerfile)
+    extras = pip.group(1).split(",")
+    assert extras == shell_words(script, "PROJECT_EXTRAS")
+    assert f'"/tmp/kd_src[{",".join(extras)}]"' in containerfile
+    assert set(pip.group(2).split()) == set(shell_words(script, "PYTHON_EXTRAS"))
+    # the pins are read from the Dockerfile's ARG lines, so the two cannot drift apart
+    for arg in ("RAY_VERSION", "TORCH_VERSION", "TORCH_INDEX_URL"):
+        assert f"ARG {arg}=" in dockerfile and f"=$(dockerfile_arg {arg})" in script
+    for line in ("ENV KD_RUNS_DIR=/home/ray/runs", "RUN mkdir -p /home/ray/runs", "WORKDIR /home/ray",
+                 'ENTRYPOINT ["kd-entrypoint"]', 'CMD ["bash"]', "USER ray"):
+        assert line in dockerfile and line in containerfile, line
+    assert "entrypoint.sh /usr/local/bin/kd-entrypoint" in dockerfile
+    assert "COPY entrypoint.sh /usr/local/bin/kd-entrypoint" in containerfile
+    assert "useradd --uid 1000 --gid users" in containerfile  # rayproject/ray's user and group
