@@ -10,12 +10,16 @@ import os
 import platform
 from typing import Callable
 
+from kd_system.errors import ConfigError
 from kd_system.metrics import say
 from kd_system.bench.context import DEFAULT_ENV, DEFAULT_SECTIONS, SECTIONS, BenchContext, BenchOptions, parse_only
 
-RUN_ORDER = ("store", "learner", "inference", "actor", "scaling")
-RAY_SECTIONS = {"actor", "scaling"}
-REDIS_SECTIONS = {"actor", "store", "learner", "scaling"}  # inference times policies in-process only
+# ceiling times raw env steps and forwards in its own worker processes: before Ray starts, whose
+# processes would take CPU from it; system (collectors as Ray actors) runs last.
+RUN_ORDER = ("store", "learner", "feed", "inference", "ceiling", "actor", "scaling", "system")
+RAY_SECTIONS = {"actor", "scaling", "system"}
+REDIS_SECTIONS = {"actor", "store", "learner", "feed", "scaling", "system"}  # inference, ceiling: in-process only
+CHUNK_SECTIONS = {"store", "learner", "feed"}  # fed from chunks a collector made up front
 
 
 def _cpu_model() -> str:
@@ -42,6 +46,15 @@ def _section_runner(name: str) -> Callable:
     if name == "inference":
         from kd_system.bench.inference import run_inference
         return run_inference
+    if name == "feed":
+        from kd_system.bench.feed import run_feed
+        return run_feed
+    if name == "ceiling":
+        from kd_system.bench.ceiling import run_ceiling
+        return run_ceiling
+    if name == "system":
+        from kd_system.bench.system import run_system
+        return run_system
     from kd_system.bench.scaling import run_scaling
     return run_scaling
 
@@ -52,6 +65,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
     import torch
 
     from kd_system.launch.topology import connect_ray
+    from kd_system.bench.engine_choice import headline
     from kd_system.bench.report import check_targets, store_vs_learner
 
     load_start = os.getloadavg()[0]
@@ -67,7 +81,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
     try:
         if REDIS_SECTIONS & set(options.only):
             ctx.start_redis()
-        if {"store", "learner"} & set(options.only):
+        if CHUNK_SECTIONS & set(options.only):
             log(f"bench: collecting labelled chunks of {ctx.chunk_states} states as a collector makes them ...")
             ctx.labelled_chunks()
         for name in (n for n in RUN_ORDER if n in options.only):
@@ -82,20 +96,38 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
     both = store_vs_learner(results)
     if both is not None:
         results["store_vs_learner"] = both
+    top: dict = {}  # the headline figures, at the top level of the JSON
+    if {"ceiling", "system"} & set(results):
+        top = headline(results.get("ceiling"), results.get("system"), ctx.agreement_floor)
+        if {"ceiling", "system"} <= set(results):
+            results["vs_ceiling"] = {key: value for key, value in top.items() if key not in ("engine", "engine_agreement_floor")}
+    if "feed" in results:
+        top |= {key: results["feed"][key] for key in ("store_sampled_states_per_s", "fast_learner_fed_ratio")}
     results["targets"], results["meets"] = check_targets(results)
     results["machine"] = {"cores": ctx.cores, "cpu": _cpu_model(), "torch_version": torch.__version__,
                           "torch_threads": ctx.threads, "load_average_start": load_start,
                           "load_average_end": os.getloadavg()[0]}
-    ordered = {key: results[key] for key in ("setup", *SECTIONS, "store_vs_learner") if key in results}
-    return ordered | {key: results[key] for key in ("targets", "meets", "machine")}
+    ordered = {key: results[key] for key in ("setup", *SECTIONS, "store_vs_learner", "vs_ceiling") if key in results}
+    return top | ordered | {key: results[key] for key in ("targets", "meets", "machine")}
+
+
+def parse_counts(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise ConfigError(f"--collectors {text!r}: give comma-separated counts such as 2,4") from None
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from kd_system.bench.engine_choice import parse_engines
     from kd_system.bench.report import render, write_json
 
     options = BenchOptions(env_id=args.env, teacher=args.teacher, seconds=args.seconds, num_envs=args.num_envs,
                            only=parse_only(args.only), json_path=args.json, redis_url=args.redis_url,
-                           torch_threads=args.torch_threads, student=args.student)
+                           torch_threads=args.torch_threads, student=args.student,
+                           engines=parse_engines(args.engines), collectors=parse_counts(args.collectors))
     results = run_bench(options)
     print(render(results), flush=True)
     if args.json:
@@ -106,7 +138,8 @@ def _bench(args: argparse.Namespace) -> int:
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser("bench", help="throughput of actors, store, learner input and actor scaling, "
                                             "side by side with their no-overhead baselines; inference "
-                                            "latency of teacher and student per engine")
+                                            "latency of teacher and student per engine; the hardware ceiling "
+                                            "and the whole system against it, per teacher engine")
     p.add_argument("--env", default=DEFAULT_ENV, help=f"env id (default {DEFAULT_ENV}; classic ids such as CartPole-v1 work too)")
     p.add_argument("--teacher", metavar="PATH", help="teacher checkpoint directory (default: the shipped one for the env; "
                                                      "for Atari without one, a random Nature-CNN: throughput ignores weights)")
@@ -121,4 +154,9 @@ def register_cli(subparsers) -> None:
                                                      "loop (default: actors.torch_threads, 1; scaling divides them among actors)")
     p.add_argument("--student", metavar="DIR", help="inference section: a student checkpoint of CartPole-v1 or "
                                                     "ALE/Breakout-v5 to time instead of a random-init one")
+    p.add_argument("--engines", metavar="NAMES", help="ceiling and system: teacher engines to measure, comma-separated "
+                                                     "torch,torchscript,onnxruntime,onnxruntime-int8 or all (default: torch "
+                                                     "only; fp32 torch is always measured, the baseline of the others)")
+    p.add_argument("--collectors", metavar="COUNTS", help="system: collector counts to try, the best is the system's figure "
+                                                         "(default: one and two per core)")
     p.set_defaults(func=_bench)

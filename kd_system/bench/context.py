@@ -7,6 +7,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -15,6 +16,7 @@ from kd_system.config import PACKAGE_DIR, ActorConfig, EnvConfig, RunConfig, Sto
 from kd_system.envs.make import EnvSpaces, check_env_id, env_spaces
 from kd_system.errors import CheckpointError, ConfigError, StoreError
 from kd_system.learner.loss_spec import student_output_kind
+from kd_system.learner.losses import resolve_temperature
 from kd_system.policies.network_choice import network_for
 from kd_system.policies.networks import build_network, cnn_spec, count_parameters
 from kd_system.policies.files import PolicyBundle, PolicySpec, load_bundle
@@ -26,10 +28,14 @@ from kd_system.launch.topology import collector_settings
 from kd_system.bench.timing import torch_threads
 from kd_system.types import LabelledChunk
 
-SECTIONS = ("actor", "store", "learner", "scaling", "inference")
-# inference (bench/inference.py) exports and times 16 engines, about a minute at the default --seconds:
-# asked for by name, so the default run stays as fast as it was.
-DEFAULT_SECTIONS = ("actor", "store", "learner", "scaling")
+if TYPE_CHECKING:  # teachers/engines.py pulls in the exporters: imported when engines are asked for
+    from kd_system.teachers.engines import TeacherEngine
+
+SECTIONS = ("actor", "store", "learner", "feed", "scaling", "inference", "ceiling", "system")
+# inference (bench/inference.py) exports and times 16 engines, about a minute at the default --seconds;
+# ceiling and system sweep env counts, batches, layouts and collector counts per teacher engine
+# (minutes): all three are asked for by name, so the default run stays short.
+DEFAULT_SECTIONS = ("actor", "store", "learner", "feed", "scaling")
 DEFAULT_ENV = "ALE/Pong-v5"
 ATARI_NUM_ENVS = 16  # DESIGN.md section 2: ale-py's vector env (the pixel games') is measured at 16 envs
 MAX_WARMUP_S = 2.0
@@ -54,6 +60,8 @@ class BenchOptions:
     # small MLP was measured ~30x slower than a 1-thread one.
     torch_threads: int | None = None
     student: str | None = None  # inference section: a student checkpoint instead of random init
+    engines: tuple[str, ...] = ("torch",)  # ceiling and system: teacher engines (engine_choice.parse_engines)
+    collectors: tuple[int, ...] | None = None  # system: collector counts; None: one and two per core
 
     @property
     def warmup_s(self) -> float:
@@ -78,6 +86,8 @@ def check_options(options: BenchOptions) -> None:
         raise ConfigError(f"--num-envs {options.num_envs} must be at least 1")
     if options.torch_threads is not None and options.torch_threads < 1:
         raise ConfigError(f"--torch-threads {options.torch_threads} must be at least 1")
+    if options.collectors is not None and (not options.collectors or min(options.collectors) < 1):
+        raise ConfigError(f"--collectors {options.collectors}: give counts of at least 1")
     if options.json_path and not Path(options.json_path).expanduser().resolve().parent.is_dir():
         raise ConfigError(f"--json {options.json_path}: its directory does not exist; create it or pick another path")
 
@@ -169,6 +179,8 @@ class BenchContext:
         self.redis: LocalRedisServer | None = None
         self.url = options.redis_url
         self._chunks: list[LabelledChunk] | None = None
+        self._engines: dict[str, TeacherEngine] | None = None
+        self.agreement_floor = defaults.teacher.engine_agreement_floor  # a run's start refuses engines below it
 
     def _student_spec(self) -> PolicySpec:
         """The student a run would distil into (rusu-7 CNN for Atari, the default MLP otherwise)."""
@@ -215,6 +227,25 @@ class BenchContext:
                     collector.close()
             self._chunks = recorder.chunks[DISCARD_CHUNKS:DISCARD_CHUNKS + KEEP_CHUNKS]
         return self._chunks
+
+    def teacher_engines(self, log: Callable[[str], None]) -> dict[str, TeacherEngine]:
+        """The --engines, built and checked against fp32 torch once for the ceiling and system sections."""
+        if self._engines is None:
+            from kd_system.bench.engine_choice import check_engines  # the exporters load only when asked for
+
+            names = self.options.engines
+            if names != ("torch",):
+                log(f"bench: building {', '.join(names[1:])} and checking them against fp32 torch on held-out states ...")
+            temperature = resolve_temperature(self.config.learner.temperature, self.teacher.bundle.spec.output_kind)
+            self._engines = check_engines(self.teacher.bundle, names, self.env_id, temperature, self.teacher.source)
+            for name, engine in self._engines.items():
+                f = engine.fidelity
+                if f.states:
+                    log(f"bench: {name}: greedy agreement {f.greedy_agreement:.2%}, KL at tau={f.kl_temperature:g} "
+                        f"{f.kl:.2e} on {f.states} held-out states"
+                        + ("" if f.greedy_agreement >= self.agreement_floor else
+                           f", below the floor {self.agreement_floor:g}: measured, never chosen"))
+        return self._engines
 
     def close(self) -> None:
         if self.redis is not None:

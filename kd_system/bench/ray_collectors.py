@@ -69,7 +69,11 @@ def measure_collectors(collectors: list[Any], warmup_s: float, window_s: float) 
             pending[call(index)] = index
     elapsed = time.perf_counter() - start
     states = sum(a.states_written - b.states_written for a, b in zip(after, before))
+    # Written states come a whole chunk (256) at a time per collector, labelled ones one env step at a
+    # time: over a short window the labelled count is the finer measure of the same steady rate.
+    labelled = sum(a.env_steps - b.env_steps for a, b in zip(after, before))
     busy = {part: sum(getattr(a, f"time_{part}_s") - getattr(b, f"time_{part}_s") for a, b in zip(after, before))
             / (elapsed * len(collectors)) for part in TIMED_PARTS}
     return {"states_per_s": states / elapsed, "states": states, "window_s": elapsed,
+            "labelled_states_per_s": labelled / elapsed,
             "time_fractions": {**busy, "other": max(0.0, 1.0 - sum(busy.values()))}}

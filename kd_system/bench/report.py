@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 # The acceptance figures of the issue (Pong, Nature-CNN teacher, 2 cores): (section, key, op, bound).
 TARGETS = {
@@ -19,6 +19,13 @@ TARGETS = {
     # teacher in torch eager, states/s at batch 64 and p50 at batch 1.
     "atari_throughput_vs_teacher_eager": ("inference", ">=", 6.0),
     "atari_p50_gain_vs_teacher_eager": ("inference", ">=", 4.0),
+    # The ceiling issue's: the system against the hardware ceiling (fp32 torch), and the headline engine
+    # (the fastest meeting the agreement floor) against torch and against its own ceiling.
+    "system_vs_ceiling": ("vs_ceiling", ">=", 0.90),
+    "engine_forward_speedup": ("vs_ceiling", ">=", 2.0),
+    "engine_agreement": ("vs_ceiling", ">=", 0.995),
+    "engine_system_vs_ceiling": ("vs_ceiling", ">=", 0.90),
+    "fast_learner_fed_ratio": ("feed", ">=", 0.95),
 }
 
 
@@ -90,6 +97,14 @@ def _rows(results: dict) -> list[tuple[str, ...]]:
         lrn = results["learner"]
         row("learner", "updates/s fed from the store", _rate(lrn["fed_updates_per_s"]), "batch already in memory",
             _rate(lrn["in_memory_updates_per_s"]), f"{lrn['fed_vs_in_memory']:.2f}", "fed_vs_in_memory")
+    if "feed" in results:
+        f = results["feed"]
+        row("feed", "sampled states/s, a consumer that does nothing", _rate(f["store_sampled_states_per_s"]),
+            "today's learner (in memory)", _rate(f["real_states_per_s"]), f"{f['sampled_vs_real_learner']:.1f}")
+        row("feed", f"updates/s, {f['speedup']}x faster learner (stand-in), fed", _rate(f["fast_fed_updates_per_s"]),
+            "same, batch in memory", _rate(f["fast_in_memory_updates_per_s"]), f"{f['fast_learner_fed_ratio']:.2f}",
+            "fast_learner_fed_ratio")
+    _ceiling_rows(results, row)
     if "scaling" in results:
         sc = results["scaling"]
         for count, rate, ratio in zip(sc["actors"], sc["states_per_s"], sc["vs_one_actor"]):
@@ -106,6 +121,56 @@ def _rows(results: dict) -> list[tuple[str, ...]]:
             f"{student[quick]['p50_us']:,.1f}", f"teacher torch eager{macs}", f"{teacher['p50_us']:,.1f}",
             f"{case['p50_gain_vs_teacher_eager']:.2f}", f"{name}_p50_gain_vs_teacher_eager")
     return rows
+
+
+def _ceiling_rows(results: dict, row: Callable[..., None]) -> None:
+    """Env, forwards and ceiling per engine; the system per engine against its ceiling and torch's."""
+    ceiling, system, chosen = results.get("ceiling"), results.get("system"), results.get("engine")
+    if ceiling is not None:
+        env, engines = ceiling["env"], ceiling["engines"]
+        row("ceiling", f"raw env steps/s, {env['num_envs']} envs, {env['processes']} proc x "
+            f"{env['threads_per_process']} thr", _rate(env["steps_per_s"]), "", "", "")
+        torch = engines["torch"]["forward_states_per_s"]
+        for name, e in engines.items():
+            mark = "" if e["meets_floor"] else ", BELOW floor"
+            row("ceiling", f"raw forwards/s, {name}, batch {e['best_batch']}, {e['best_processes']} proc x "
+                f"{e['best_threads']} thr{mark}", _rate(e["forward_states_per_s"]), "fp32 torch", _rate(torch),
+                f"{e['forward_states_per_s'] / torch:.2f}", "engine_forward_speedup" if name == chosen != "torch" else "")
+        for name, e in engines.items():
+            row("ceiling", f"labelled states/s ceiling, {name}", _rate(e["ceiling_states_per_s"]),
+                "1/(1/env + 1/forward)", "", "")
+    if system is not None:
+        engines, torch = system["engines"], system["engines"]["torch"]["states_per_s"]
+        for name, e in engines.items():
+            what = f"labelled states/s, {name}, {e['collectors']} collectors"
+            if ceiling is not None:
+                bound = ceiling["engines"][name]["ceiling_states_per_s"]
+                key = "system_vs_ceiling" if name == "torch" else ("engine_system_vs_ceiling" if name == chosen else "")
+                row("system", what, _rate(e["states_per_s"]), f"hardware ceiling, {name}", _rate(bound),
+                    f"{e['states_per_s'] / bound:.2f}", key)
+            if name != "torch":
+                row("system", what, _rate(e["states_per_s"]), "system with fp32 torch", _rate(torch),
+                    f"{e['states_per_s'] / torch:.2f}")
+    if chosen is not None:
+        row("engines", f"greedy agreement with fp32 torch, {chosen}", f"{results['engine_agreement']:.4f}",
+            "agreement floor", f"{results['engine_agreement_floor']:g}", "", "engine_agreement")
+
+
+def _engine_line(results: dict) -> list[str]:
+    section = results.get("system") or results.get("ceiling")
+    if section is None:
+        return []
+    parts = []
+    for name, e in section["engines"].items():
+        if not e["heldout_states"]:
+            parts.append(f"{name} (fp32 reference)")
+            continue
+        parts.append(f"{name} {e['agreement']:.2%}, KL(tau={e['kl_temperature']:g}) {e['kl']:.1e}"
+                     + ("" if e["meets_floor"] else " BELOW the floor: measured, not chosen"))
+    floor = results.get("engine_agreement_floor")
+    chosen = results.get("engine")
+    return [f"teacher engines, greedy agreement with fp32 torch on held-out states: {'; '.join(parts)}"
+            + (f"; headline engine: {chosen} (fastest with agreement >= {floor:g})" if chosen else "")]
 
 
 def _inference_lines(section: dict) -> list[str]:
@@ -163,6 +228,18 @@ def render(results: dict) -> str:
                      f"fed run waited on input {lrn['fed_wait_input_frac']:.0%} of its time")
     if "inference" in results:
         lines += _inference_lines(results["inference"])
+    lines += _engine_line(results)
+    if "system" in results:
+        sy = results["system"]
+        for name, e in sy["engines"].items():
+            parts = " | ".join(f"{part} {share:.0%}" for part, share in e["time_fractions"].items())
+            counts = ", ".join(f"{c}: {_rate(r)}" for c, r in e["by_collectors"].items())
+            lines.append(f"system {name}: states/s by collectors {counts}; collector time {parts}")
+    if "feed" in results:
+        f = results["feed"]
+        lines.append(f"feed: today's update {f['real_update_s'] * 1e3:,.1f} ms ({_rate(f['real_updates_per_s'])}/s); the "
+                     f"stand-in sleeps {f['stand_in_update_s'] * 1e3:,.2f} ms in Learner.train; "
+                     f"{f['prefetch_threads']} prefetch thread(s), batch {f['batch_size']}")
     if "scaling" in results:
         sc = results["scaling"]
         lines.append(f"scaling on {sc['cores']} cores: torch threads per actor {sc['torch_threads_per_actor']} "

@@ -1,0 +1,148 @@
+"""`kd-system bench --only ceiling,system` and `--only feed`: the sections run end to end on real envs,
+engines, Ray collectors and Redis, and write the headline keys at the top level of the JSON with
+positive rates and finite ratios that agree with the sections' own figures; the headline engine is
+the fastest one meeting the agreement floor. No timing asserts: rates depend on the machine."""
+import json
+import math
+
+import pytest
+
+from kd_system.bench import ceiling
+from kd_system.bench.context import shipped_teacher_dir
+from kd_system.bench.engine_choice import choose_engine, headline, parse_engines
+from kd_system.cli import main
+from kd_system.errors import ConfigError
+
+FLOOR = 0.995
+HEADLINE = ("ceiling_states_per_s", "system_states_per_s", "system_vs_ceiling", "engine_forward_speedup",
+            "engine_agreement", "engine_system_vs_ceiling", "engine_speedup")
+
+
+def bench(tmp_path, *args: str) -> dict:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--json", str(out), *args]) == 0
+    return json.loads(out.read_text())
+
+
+def figures(agreement: float, forward: float, ceiling_rate: float, system: float) -> tuple[dict, dict]:
+    return ({"agreement": agreement, "forward_states_per_s": forward, "ceiling_states_per_s": ceiling_rate},
+            {"agreement": agreement, "states_per_s": system})
+
+
+def sections(**engines: tuple[dict, dict]) -> tuple[dict, dict]:
+    return ({"engines": {name: pair[0] for name, pair in engines.items()}},
+            {"engines": {name: pair[1] for name, pair in engines.items()}})
+
+
+def test_the_headline_engine_is_the_fastest_that_meets_the_floor():
+    ceiling_section, system_section = sections(
+        torch=figures(1.0, 1000.0, 500.0, 400.0),
+        onnxruntime=figures(0.999, 1500.0, 600.0, 540.0),
+        **{"onnxruntime-int8": figures(0.99, 3000.0, 700.0, 650.0)})  # fastest, but below the floor
+    top = headline(ceiling_section, system_section, FLOOR)
+    assert top["engine"] == "onnxruntime"
+    assert top["engine_forward_speedup"] == pytest.approx(1.5)
+    assert top["engine_agreement"] == 0.999
+    assert top["engine_system_vs_ceiling"] == pytest.approx(540 / 600)
+    assert top["engine_speedup"] == pytest.approx(540 / 400)
+    assert top["system_vs_ceiling"] == pytest.approx(400 / 500)
+    assert (top["ceiling_states_per_s"], top["system_states_per_s"]) == (500.0, 400.0)
+    # the same engine just at the floor qualifies and, being fastest, is chosen
+    int8_at_floor = {name: dict(f) for name, f in ceiling_section["engines"].items()}
+    int8_at_floor["onnxruntime-int8"]["agreement"] = FLOOR
+    assert choose_engine(int8_at_floor, FLOOR, "forward_states_per_s") == "onnxruntime-int8"
+    # only torch meets the floor: it is its own headline engine, speed-ups of one
+    only_torch = headline(*sections(torch=figures(1.0, 1000.0, 500.0, 400.0),
+                                    onnxruntime=figures(0.5, 9000.0, 900.0, 800.0)), FLOOR)
+    assert only_torch["engine"] == "torch" and only_torch["engine_forward_speedup"] == 1.0
+    # without the ceiling the system rate decides
+    assert headline(None, system_section, FLOOR)["engine"] == "onnxruntime"
+    assert choose_engine({"x": {"agreement": 0.5, "forward_states_per_s": 1.0}}, FLOOR, "forward_states_per_s") is None
+
+
+def test_engines_option():
+    assert parse_engines(None) == ("torch",)
+    assert parse_engines("onnxruntime-int8,onnxruntime") == ("torch", "onnxruntime", "onnxruntime-int8")
+    assert parse_engines("all") == ("torch", "torchscript", "onnxruntime", "onnxruntime-int8")
+    with pytest.raises(ConfigError, match="--engines: unknown engine 'tensorrt'"):
+        parse_engines("torch,tensorrt")
+
+
+def check_headline(result: dict) -> None:
+    for key in HEADLINE:
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    ceil, system = result["ceiling"], result["system"]
+    chosen = result["engine"]
+    assert ceil["engines"][chosen]["meets_floor"] and result["engine_agreement"] >= FLOOR
+    assert result["system_vs_ceiling"] == pytest.approx(result["system_states_per_s"] / result["ceiling_states_per_s"])
+    assert result["engine_forward_speedup"] == pytest.approx(
+        ceil["engines"][chosen]["forward_states_per_s"] / ceil["engines"]["torch"]["forward_states_per_s"])
+    assert result["engine_speedup"] == pytest.approx(
+        system["engines"][chosen]["states_per_s"] / system["engines"]["torch"]["states_per_s"])
+    env = ceil["env"]["steps_per_s"]
+    for name, figures_ in ceil["engines"].items():
+        forward = figures_["forward_states_per_s"]
+        assert figures_["ceiling_states_per_s"] == pytest.approx(1 / (1 / env + 1 / forward))
+        assert figures_["ceiling_states_per_s"] < min(env, forward)
+        assert system["engines"][name]["states_per_s"] > 0
+    for key in ("system_vs_ceiling", "engine_forward_speedup", "engine_agreement", "engine_system_vs_ceiling"):
+        assert result["vs_ceiling"][key] == result[key] and isinstance(result["meets"][key], bool)
+
+
+@pytest.mark.slow
+def test_ceiling_and_system_on_cartpole_with_an_engine_below_the_floor(tmp_path, capsys):
+    """The int8 CartPole MLP disagrees with fp32 on a few per cent of states: measured, not chosen."""
+    result = bench(tmp_path, "--env", "CartPole-v1", "--only", "ceiling,system", "--seconds", "0.2",
+                   "--collectors", "1", "--engines", "onnxruntime-int8")
+    check_headline(result)
+    int8 = result["ceiling"]["engines"]["onnxruntime-int8"]
+    assert int8["heldout_states"] > 0 and 0 <= int8["agreement"] <= 1 and int8["kl"] >= 0
+    if not int8["meets_floor"]:
+        assert result["engine"] == "torch"
+    assert result["ceiling"]["env"]["processes"] == result["ceiling"]["cores"]  # Gymnasium: a process per core
+    table = capsys.readouterr().out
+    assert "hardware ceiling, torch" in table and "onnxruntime-int8" in table
+
+
+@pytest.mark.slow
+def test_ceiling_and_system_on_pong_with_a_random_nature_teacher(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ceiling, "ENV_COUNTS", (4,))  # sizes only: ROM loads are the slow part here
+    monkeypatch.setattr(ceiling, "BATCHES", (8,))
+    result = bench(tmp_path, "--only", "feed,ceiling,system", "--seconds", "0.3", "--num-envs", "4",
+                   "--collectors", "1", "--engines", "onnxruntime")
+    check_headline(result)
+    check_feed(result)
+    assert result["setup"]["env_id"] == "ALE/Pong-v5"  # the default env
+    if not shipped_teacher_dir("ALE/Pong-v5").is_dir():
+        assert result["setup"]["teacher"].startswith("random Nature-CNN")
+    assert result["ceiling"]["env"]["processes"] == 1  # ale-py's vector threads itself over the cores
+    assert set(result["system"]["engines"]) == {"torch", "onnxruntime"}
+    assert result["system"]["engines"]["torch"]["collectors"] == 1
+    assert "hardware ceiling, onnxruntime" in capsys.readouterr().out
+
+
+def check_feed(result: dict) -> None:
+    feed = result["feed"]
+    for key in ("store_sampled_states_per_s", "fast_learner_fed_ratio", "real_updates_per_s",
+                "fast_in_memory_updates_per_s", "fast_fed_updates_per_s"):
+        assert math.isfinite(feed[key]) and feed[key] > 0, key
+    assert result["store_sampled_states_per_s"] == feed["store_sampled_states_per_s"]
+    assert result["fast_learner_fed_ratio"] == pytest.approx(feed["fast_fed_updates_per_s"] / feed["fast_in_memory_updates_per_s"])
+    assert feed["stand_in_update_s"] == pytest.approx(feed["real_update_s"] / 20)
+    assert result["meets"]["fast_learner_fed_ratio"] in (True, False)
+
+
+def test_feed_section_on_cartpole(tmp_path, redis_url, capsys):
+    result = bench(tmp_path, "--env", "CartPole-v1", "--only", "feed", "--seconds", "0.3", "--redis-url", redis_url)
+    check_feed(result)
+    assert set(result["targets"]) == {"fast_learner_fed_ratio"}
+    assert "faster learner" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, fragment", [(["--engines", "tensorrt"], "--engines"),
+                                            (["--collectors", "0"], "--collectors"),
+                                            (["--collectors", "two"], "--collectors")])
+def test_bad_engine_or_collector_options_are_one_line(args, fragment, capsys):
+    assert main(["bench", "--env", "CartPole-v1", "--only", "system", *args]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kd-system: error:") and fragment in lines[0]
