@@ -42,6 +42,8 @@ HPARAMS: dict[str, tuple[type, tuple[str, ...], str]] = {
     "epsilon_steps": (int, ("dqn",), "env steps to anneal epsilon from 1"),
     "epsilon_final": (float, ("dqn",), "final epsilon"),
     "steps_per_iter": (int, ("dqn",), "minimum env steps per iteration"),
+    "training_intensity": (float, ("dqn",), "replayed samples per env step; 0: train_batch_size per "
+                                            "rollout_fragment_length x num_envs_per_runner steps"),
 }
 DEFAULTS: dict[str, dict[str, Any]] = {
     "dqn": dict(lr=5e-4, gamma=0.99, train_batch_size=64, grad_clip=10.0, num_envs_per_runner=1,
@@ -77,6 +79,8 @@ def build_algo(env: str, env_config: dict[str, Any], algorithm: str, model: dict
                             epsilon=[(0, float(hp.get("epsilon_start", 1.0))), (int(hp["epsilon_steps"]), eps_final)],
                             replay_buffer_config=_buffer_config(hp))
                   .reporting(min_sample_timesteps_per_iteration=int(hp["steps_per_iter"])))
+        if hp.get("training_intensity"):  # keeps one update per 4 steps when a runner steps many envs per call
+            config = config.training(training_intensity=float(hp["training_intensity"]))
     else:
         config = (PPOConfig().env_runners(**runners)
                   .training(lr=hp["lr"], gamma=hp["gamma"], lambda_=hp["lambda_"], entropy_coeff=hp["entropy_coeff"],

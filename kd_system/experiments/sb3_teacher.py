@@ -1,0 +1,184 @@
+"""Train an Atari DQN teacher with Stable-Baselines3, resumably, on the project's own training env.
+
+Issue 18's route when RLlib's DQN is too slow on these CPUs: SB3's ``DQN`` with the RL Zoo Atari
+settings (rl-baselines3-zoo ``hyperparams/dqn.yml``, ``atari``: CnnPolicy, replay 100k, Adam 1e-4,
+batch 32, train every 4 steps, target sync every 1,000 steps, final epsilon 0.01), except that
+epsilon anneals over ``--explore-steps`` (250k) instead of 10% of 10M steps and learning starts at
+``--learning-starts`` (20k) instead of 100k: a budget of a few CPU hours, not 10M steps. The
+env is ours (``envs.make_training_env``: the actors' exact frames, life loss ends the episode,
+rewards clipped), so the result imports with ``kd-system teacher import`` at parity and is
+evaluated under our protocol there.
+
+It uses 3-step returns (``n_steps=3``, as our RLlib defaults do; Hessel et al. 2018 found them
+among Rainbow's most useful parts), also not in the Zoo's file.
+
+Resumable in parts (``--resume``): every ``--save-every`` steps, and on SIGTERM/SIGINT, it
+writes the Q-network's weights (safetensors) and ``state.json`` (steps, wall time, evaluations)
+into ``OUT/checkpoint`` by rename, so a killed job loses at most one interval. The replay buffer
+(5.6 GB) and Adam's moments are not kept: a resume refills ``--learning-starts`` steps with the
+restored network, epsilon where the schedule left it, then learns on with a fresh Adam. That keeps
+a resume point small enough to carry between machines, and nothing in it is a pickle.
+
+    python -m kd_system.experiments.sb3_teacher --env ALE/Pong-v5 --out runs/pong-sb3 --resume
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from kd_system.envs.make import make_training_env
+from kd_system.evaluation.episodes import run_episodes
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--env", default="ALE/Pong-v5")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if it exists")
+    p.add_argument("--total-steps", type=int, default=3_000_000, help="the schedule's horizon and the step budget")
+    p.add_argument("--explore-steps", type=int, default=250_000)
+    p.add_argument("--learning-starts", type=int, default=20_000)
+    p.add_argument("--save-every", type=int, default=50_000)
+    p.add_argument("--eval-every", type=int, default=50_000)
+    p.add_argument("--eval-episodes", type=int, default=8)
+    p.add_argument("--target", type=float, default=19.5, help="stop once the periodic evaluation reaches this")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args(argv)
+
+
+class _Stop:
+    """SIGTERM/SIGINT ask the training loop to stop at its next step; the driver then saves."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._ask)
+
+    def _ask(self, signum, frame) -> None:
+        self.asked = True
+
+
+def _greedy(model) -> callable:
+    def act(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            q = model.q_net(torch.as_tensor(obs, dtype=torch.float32) / 255.0)
+        return q.argmax(dim=1).numpy()
+    return act
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.monitor import Monitor
+
+    args = _args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    ckpt = out / "checkpoint"
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "progress.jsonl", "a", buffering=1)
+    stop = _Stop()
+    env = Monitor(make_training_env(args.env))
+    state = {"wall_s": 0.0, "env_steps": 0, "best_eval": None, "evals": [], "resumes": []}
+    if ckpt.exists() and not args.resume:
+        print(f"[sb3-teacher] {ckpt} exists: pass --resume to continue it, or remove it", file=sys.stderr)
+        return 2
+    if args.resume and (ckpt / "state.json").exists():
+        state = json.loads((ckpt / "state.json").read_text())
+    resumed_at = int(state["env_steps"])
+    model = DQN("CnnPolicy", env, buffer_size=100_000, learning_rate=1e-4, batch_size=32, n_steps=3,
+                learning_starts=resumed_at + args.learning_starts, target_update_interval=1000, train_freq=4,
+                gradient_steps=1, exploration_fraction=args.explore_steps / args.total_steps,
+                exploration_final_eps=0.01, seed=args.seed + len(state["resumes"]), device="cpu", verbose=0)
+    if resumed_at:
+        weights = load_file(ckpt / "q_net.safetensors")
+        model.q_net.load_state_dict(weights)
+        model.q_net_target.load_state_dict(weights)
+        model.num_timesteps = resumed_at
+        state["resumes"].append(resumed_at)
+        print(f"[sb3-teacher] resumed at {resumed_at} steps, {state['wall_s']:.0f} s so far; "
+              f"refilling {args.learning_starts} steps before learning", flush=True)
+    started = time.monotonic()
+    wall0 = float(state["wall_s"])
+    mark = {"steps": model.num_timesteps, "time": started, "episodes": 0}
+
+    def wall() -> float:
+        return wall0 + time.monotonic() - started
+
+    def save() -> None:
+        tmp = out / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous() for k, v in model.q_net.state_dict().items()}, tmp / "q_net.safetensors")
+        (tmp / "state.json").write_text(json.dumps({**state, "wall_s": wall(), "env_steps": model.num_timesteps}))
+        old = out / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if ckpt.exists():
+            os.rename(ckpt, old)
+        os.rename(tmp, ckpt)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def evaluate() -> bool:
+        stats = run_episodes(args.env, _greedy(model), args.eval_episodes, 10_000_000 + model.num_timesteps)
+        record = {"kind": "eval", "env_steps": model.num_timesteps, "wall_s": round(wall(), 1),
+                  "mean": stats.mean, "returns": stats.returns.tolist()}
+        state["evals"].append({k: record[k] for k in ("env_steps", "wall_s", "mean")})
+        log.write(json.dumps(record) + "\n")
+        if state["best_eval"] is None or stats.mean >= state["best_eval"]:
+            state["best_eval"] = stats.mean
+            model.save(out / "best.zip")  # the weights that get imported (the buffer is not needed)
+        print(f"[sb3-teacher] eval at {model.num_timesteps}: {stats.mean:+.2f} over {args.eval_episodes} games "
+              f"(best {state['best_eval']:+.2f})", flush=True)
+        return stats.mean >= args.target
+
+    class Loop(BaseCallback):
+        def _on_step(self) -> bool:
+            for info in self.locals.get("infos", []):
+                if "episode" in info:
+                    mark["episodes"] += 1
+                    log.write(json.dumps({"kind": "episode", "env_steps": self.num_timesteps,
+                                          "return": info["episode"]["r"], "length": info["episode"]["l"],
+                                          "epsilon": round(model.exploration_rate, 4)}) + "\n")
+            steps = self.num_timesteps
+            if steps % 10_000 == 0:
+                now = time.monotonic()
+                rate = (steps - mark["steps"]) / max(now - mark["time"], 1e-9)
+                mark.update(steps=steps, time=now)
+                print(f"[sb3-teacher] env_steps {steps:8d}  {rate:6.1f} steps/s  eps {model.exploration_rate:.3f}  "
+                      f"wall {wall():7.0f}s", flush=True)
+                log.write(json.dumps({"kind": "rate", "env_steps": steps, "steps_per_s": round(rate, 2),
+                                      "wall_s": round(wall(), 1)}) + "\n")
+            done = False
+            if steps % args.eval_every == 0:
+                done = evaluate()
+                mark["time"] = time.monotonic()  # the rate counts training only
+            if steps % args.save_every == 0:
+                save()
+                mark["time"] = time.monotonic()
+            return not (done or stop.asked)
+
+    remaining = args.total_steps - model.num_timesteps
+    if remaining > 0 and not stop.asked:
+        # reset_num_timesteps=False: SB3 sets its horizon to num_timesteps + remaining = total_steps,
+        # so the epsilon schedule continues where it stopped.
+        model.learn(total_timesteps=remaining, callback=Loop(), reset_num_timesteps=False, progress_bar=False)
+    save()
+    print(f"[sb3-teacher] stopped at {model.num_timesteps} steps ({'signal' if stop.asked else 'done'}), "
+          f"wall {wall():.0f}s, best eval {state['best_eval']}", flush=True)
+    env.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
