@@ -1,0 +1,62 @@
+"""The Pong teacher's SB3 training driver (kd_system/experiments/sb3_teacher.py) in parts: a first
+part, a resumed one that goes on from the saved Q-network and counters, a refusal to start over a
+training without --resume, and SIGTERM saving a resume point. Real SB3, real ALE Pong."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+from safetensors.numpy import load_file
+
+from tests.chaos import wait_for
+
+pytest.importorskip("stable_baselines3")
+
+TINY = ["--env", "ALE/Pong-v5", "--learning-starts", "300", "--save-every", "500", "--eval-every", "1000",
+        "--eval-episodes", "1", "--threads", "1"]
+
+
+def _driver(out, *args: str) -> int:
+    from kd_system.experiments.sb3_teacher import main
+    return main(["--out", str(out), *TINY, *args])
+
+
+@pytest.mark.slow
+def test_training_resumes_from_its_own_resume_point(tmp_path):
+    out = tmp_path / "pong"
+    assert _driver(out, "--total-steps", "1000") == 0
+    first = json.loads((out / "checkpoint" / "state.json").read_text())
+    weights = load_file(str(out / "checkpoint" / "q_net.safetensors"))
+    assert first["env_steps"] == 1000 and first["resumes"] == [] and len(first["evals"]) == 1
+    assert _driver(out, "--total-steps", "1000") == 2  # a finished part is not overwritten without --resume
+    assert _driver(out, "--total-steps", "2000", "--resume") == 0
+    second = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert second["env_steps"] == 2000 and second["resumes"] == [1000]
+    assert second["wall_s"] > first["wall_s"] and [e["env_steps"] for e in second["evals"]] == [1000, 2000]
+    assert (out / "best.zip").exists()  # what kd-system teacher import reads
+    assert set(load_file(str(out / "checkpoint" / "q_net.safetensors"))) == set(weights)
+    kinds = {json.loads(line)["kind"] for line in (out / "progress.jsonl").read_text().splitlines()}
+    assert "eval" in kinds  # (a random-play Pong game lasts about as long as a part here: episodes may not end)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_resume_point_and_exits(tmp_path):
+    out = tmp_path / "pong"
+    command = [sys.executable, "-m", "kd_system.experiments.sb3_teacher", "--out", str(out), *TINY,
+               "--total-steps", "1000000", "--eval-every", "1000000"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for(lambda: (out / "checkpoint" / "state.json").exists(), 240)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output[-3000:]
+    assert "(signal)" in output and "Traceback" not in output
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["env_steps"] > 500  # saved at the signal, not only at the last interval
