@@ -171,7 +171,8 @@ def test_atari_ids_are_checked_with_one_line_errors():
 # ---------------------------------------------------------------- networks
 
 # Exact counts for 4x84x84 inputs and Pong's 6 actions; fractions are of the Nature DQN.
-EXPECTED_PARAMS = {"nature": 1_687_206, "rusu-25": 424_790, "rusu-7": 111_798, "rusu-4": 61_174}
+EXPECTED_PARAMS = {"nature": 1_687_206, "rusu-25": 424_790, "rusu-7": 111_798, "rusu-4": 61_174,
+                   "tiny-1.7": 29_534}
 
 
 @pytest.mark.parametrize("preset", sorted(CNN_PRESETS))
@@ -187,6 +188,7 @@ def test_rusu_students_have_the_papers_fractions_of_the_dqn():
     assert round(fractions["rusu-25"], 2) == 0.25
     assert round(fractions["rusu-7"], 2) == 0.07
     assert round(fractions["rusu-4"], 2) == 0.04
+    assert round(EXPECTED_PARAMS["tiny-1.7"] / EXPECTED_PARAMS["nature"], 3) == 0.018  # Sun & Fazli's 1.7%
 
 
 def test_cnn_takes_uint8_frames_and_scales_them_inside():

@@ -30,7 +30,7 @@ from kd_system.experiments.scratch import ScratchBudget
 
 ACTING = ("teacher", "student", "mixed")
 STUDENT_LAYERS = 2
-RUSU_STUDENTS = ("rusu-25", "rusu-7", "rusu-4")
+RUSU_STUDENTS = ("rusu-25", "rusu-7", "rusu-4", "tiny-1.7")  # and Sun & Fazli's 1.7%
 
 
 def env_slug(env_id: str) -> str:
