@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from kd_system.envs.atari import SingleAtariEnv, default_env_threads, make_atari_vector_env
+from kd_system.envs.atari import RAW_SCORE, AtariSettings, SingleAtariEnv, default_env_threads, make_atari_vector_env
 from kd_system.replay.codec import encode_chunk
 
 CHUNK_STATES = 256
@@ -33,8 +33,9 @@ def vector_steps_per_s(env_id: str, num_envs: int, num_threads: int, seconds: fl
     return steps / (time.perf_counter() - start)
 
 
-def single_steps_per_s(env_id: str, seconds: float) -> float:
-    env = SingleAtariEnv(env_id)
+def single_steps_per_s(env_id: str, seconds: float, settings: AtariSettings = RAW_SCORE) -> float:
+    """One env stepping random actions (``settings``: the raw-score protocol, or teacher training's)."""
+    env = SingleAtariEnv(env_id, settings)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     steps, start = 0, time.perf_counter()

@@ -18,11 +18,9 @@ import numpy as np
 import torch
 
 from kd_system.bench.context import BenchContext
-from kd_system.bench.learner_bench import NEVER_WAIT, _InMemoryBatches, _updates_per_s
+from kd_system.bench.learner_bench import _InMemoryBatches, _updates_per_s, filled_store
 from kd_system.bench.timing import torch_threads
-from kd_system.learner.learner import Learner, LearnerTask
-from kd_system.replay.rate_limit import SampleToInsertLimiter
-from kd_system.replay.table import ReplayTable
+from kd_system.learner.learner import Learner
 
 SPEEDUP = 20  # the fast learner: 20x today's CPU update (a GPU learner eats 20-50x)
 
@@ -55,12 +53,7 @@ def _rate(make: Callable[[], Learner], in_memory: dict[str, torch.Tensor] | None
 
 def run_feed(ctx: BenchContext, log: Callable[[str], None]) -> dict[str, Any]:
     config = ctx.config.learner
-    chunks = ctx.labelled_chunks()
-    address = ctx.address("feed", capacity_states=sum(len(chunk) for chunk in chunks))
-    store = ReplayTable.from_address(address)
-    store.insert(chunks)
-    task = LearnerTask(address, ctx.student_spec, ctx.teacher.bundle.spec.output_kind)
-    limiter = SampleToInsertLimiter(min_size_to_sample=config.batch_size, samples_per_insert=NEVER_WAIT)
+    store, task, limiter = filled_store(ctx, "feed")
     warmup, window = ctx.options.warmup_s, ctx.options.seconds
     sample = store.sample(config.batch_size, np.random.default_rng(0), config.chunks_per_sample)
     in_memory = {name: torch.from_numpy(array) for name, array in sample.arrays().items()}
@@ -92,4 +85,4 @@ def run_feed(ctx: BenchContext, log: Callable[[str], None]) -> dict[str, Any]:
             "fast_learner_fed_ratio": fast_fed / fast_memory,
             "stand_in": "sleep of the real update's time / speedup inside Learner.train (GIL released, as on a GPU)",
             "batch_size": config.batch_size, "prefetch_threads": config.prefetch_threads,
-            "chunks_per_sample": config.chunks_per_sample, "chunks_in_store": len(chunks)}
+            "chunks_per_sample": config.chunks_per_sample, "chunks_in_store": len(ctx.labelled_chunks())}

@@ -33,6 +33,18 @@ class _InMemoryBatches:
         pass
 
 
+def filled_store(ctx: BenchContext, run_id: str) -> tuple[ReplayTable, LearnerTask, SampleToInsertLimiter]:
+    """A store of its own holding the collectors' labelled chunks, the learner's task on it, and a
+    limiter that never holds the learner back (the learner and feed sections); the caller clears it."""
+    chunks = ctx.labelled_chunks()
+    address = ctx.address(run_id, capacity_states=sum(len(chunk) for chunk in chunks))
+    store = ReplayTable.from_address(address)
+    store.insert(chunks)
+    task = LearnerTask(address, ctx.student_spec, ctx.teacher.bundle.spec.output_kind)
+    limiter = SampleToInsertLimiter(min_size_to_sample=ctx.config.learner.batch_size, samples_per_insert=NEVER_WAIT)
+    return store, task, limiter
+
+
 def _updates_per_s(learner: Learner, warmup_s: float, window_s: float) -> tuple[float, TrainReport]:
     learner.train(warmup_s)  # untimed: first updates, optimiser state, the prefetch queue filling up
     result = learner.train(window_s)
@@ -41,12 +53,7 @@ def _updates_per_s(learner: Learner, warmup_s: float, window_s: float) -> tuple[
 
 def run_learner(ctx: BenchContext, log: Callable[[str], None]) -> dict:
     config = ctx.config.learner
-    chunks = ctx.labelled_chunks()
-    address = ctx.address("learner", capacity_states=sum(len(chunk) for chunk in chunks))
-    store = ReplayTable.from_address(address)
-    store.insert(chunks)
-    task = LearnerTask(address, ctx.student_spec, ctx.teacher.bundle.spec.output_kind)
-    limiter = SampleToInsertLimiter(min_size_to_sample=config.batch_size, samples_per_insert=NEVER_WAIT)
+    store, task, limiter = filled_store(ctx, "learner")
     warmup, window = ctx.options.warmup_s, ctx.options.seconds
     try:
         with torch_threads(config.torch_threads):

@@ -23,29 +23,16 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from kd_system.bench.atari_measure import single_steps_per_s
+from kd_system.envs.atari import TEACHER_TRAINING
 from kd_system.envs.make import make_training_env
 from kd_system.policies.networks import build_network, cnn_spec
 
 ENV_ID = "ALE/Pong-v5"
 UPDATE_EVERY = 4
 BATCH = 32
-
-
-def env_floor(seconds: float) -> float:
-    env = make_training_env(ENV_ID)
-    env.reset(seed=0)
-    rng = np.random.default_rng(0)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
-        steps += 1
-        if terminated or truncated:
-            env.reset()
-    env.close()
-    return steps / (time.perf_counter() - start)
 
 
 def update_floor(seconds: float) -> float:
@@ -138,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     figures: dict[str, float] = {}
-    figures["env_steps_per_s"] = env_floor(20)
+    figures["env_steps_per_s"] = single_steps_per_s(ENV_ID, 20, TEACHER_TRAINING)
     figures["torch_update_s"] = update_floor(20)
     print(f"floor: env {figures['env_steps_per_s']:.0f} steps/s, update {figures['torch_update_s'] * 1e3:.1f} ms", flush=True)
     tuned = lambda learning, steps: rllib_rate(learning, steps, envs=8)  # noqa: E731
