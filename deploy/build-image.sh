@@ -157,7 +157,7 @@ cp "$wheels/requirements.txt" deploy/entrypoint.sh "$context/"
 cp -al "$wheels" "$context/wheels" 2>/dev/null || cp -a "$wheels" "$context/wheels"
 cp pyproject.toml README.md "$context/src/"
 # kd_system's files only: no caches, no build leftovers, nothing from the working tree's runs or .env.
-tar -C . -c --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' kd_system | tar -C "$context/src" -x
+tar -C . -c --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' --exclude='.training*' kd_system | tar -C "$context/src" -x
 # The layer cache of COPY hashes modification times too: fixed ones make unchanged files a cache hit.
 find "$context/src" "$context/entrypoint.sh" "$context/requirements.txt" -exec touch -h -d @1 {} +
 previous=$("$engine" image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)

@@ -196,7 +196,7 @@ fi
 
 step "waiting for run $KD_RUN_NAME to end (at most $run_timeout s)"
 deadline=$((SECONDS + run_timeout + 300)) shown=""
-until "$engine" logs "$head_c" 2>&1 | grep -q "the distillation exited with status"; do
+until "$engine" logs "$head_c" 2>&1 | grep "the distillation exited with status" >/dev/null; do  # not -q: under pipefail an early exit would SIGPIPE the logs
   running "$head_c" || broke "the ray-head container stopped before the run ended"
   [ "$SECONDS" -lt "$deadline" ] || broke "the run did not end within $run_timeout s"
   line=$("$engine" logs --tail 30 "$head_c" 2>&1 | grep -E "^\[|updates|died|replacement" | tail -1 || true)
@@ -204,7 +204,7 @@ until "$engine" logs "$head_c" 2>&1 | grep -q "the distillation exited with stat
   sleep 10
 done
 "$engine" logs "$head_c" 2>&1 | grep -E "died|replacement|placement:|auto:" | sed 's/^/  /' || true
-"$engine" logs "$head_c" 2>&1 | grep -q "the distillation exited with status 0" ||
+"$engine" logs "$head_c" 2>&1 | grep "the distillation exited with status 0" >/dev/null ||
   broke "the distillation exited with an error: $("$engine" logs "$head_c" 2>&1 | grep 'the distillation exited')"
 
 step "run ended; stopping the stack, keeping the volume $volume"

@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from tests.chaos import wait_for
@@ -22,6 +24,27 @@ TINY = ["--env", "ALE/Pong-v5", "--learning-starts", "300", "--save-every", "500
 def _driver(out, *args: str) -> int:
     from kd_system.experiments.sb3_teacher import main
     return main(["--out", str(out), *TINY, *args])
+
+
+def test_the_evaluation_scales_frames_once_as_sb3_does():
+    """The periodic evaluation's Q-values are SB3's own on [0, 1] pixels: frames go in as uint8 and
+    SB3 scales them (scaling them before too would play on near-blank input)."""
+    from stable_baselines3 import DQN
+
+    from kd_system.envs.make import make_training_env
+    from kd_system.experiments.sb3_teacher import _greedy, _q_values
+
+    env = make_training_env("ALE/Pong-v5")
+    model = DQN("CnnPolicy", env, buffer_size=100, learning_starts=10, seed=0, device="cpu")
+    obs = np.stack([env.reset(seed=seed)[0] for seed in range(4)] + [env.step(3)[0] for _ in range(12)])
+    env.close()
+    net = model.q_net
+    with torch.no_grad():
+        once = net.q_net(net.features_extractor(torch.as_tensor(obs).float() / 255))
+        twice = net.q_net(net.features_extractor(torch.as_tensor(obs).float() / 255 / 255))
+    assert torch.allclose(_q_values(model, obs), once, atol=1e-6)
+    assert not torch.allclose(once, twice, atol=1e-6)  # the check can tell the two apart
+    assert np.array_equal(_greedy(model)(obs), model.predict(obs, deterministic=True)[0])
 
 
 @pytest.mark.slow

@@ -50,7 +50,10 @@ def test_resume_point_round_trips_nested_state_with_int_keys(tmp_path):
     assert set(point.best_state) == {"layers.0.weight"}
     # A kill between the two renames of the next save leaves the previous part as .training.old.
     resume.state_dir(tmp_path).rename(tmp_path / ".training.old")
-    assert resume.load(tmp_path).progress.env_steps == 2800
+    assert resume.load(tmp_path).progress.env_steps == 2800 and resume.exists(tmp_path)
+    # ... and the next save keeps it rather than deleting the only copy before the new one is in place
+    resume.save(tmp_path, {"env_id": "CartPole-v1"}, resume.Progress(iteration=8), learner, None)
+    assert resume.load(tmp_path).progress.iteration == 8 and not (tmp_path / ".training.old").exists()
 
 
 def test_cli_refuses_what_it_cannot_resume(tmp_path):
@@ -103,6 +106,8 @@ def test_resumed_training_restores_the_learner_and_continues_the_counters(tmp_pa
         algo.stop()
     finally:
         ray.shutdown()
+    with pytest.raises(ConfigError, match=r"^--resume .* already spent its budget"):
+        _cli("--resume", str(out))  # the same budget: nothing to continue
     assert _cli("--resume", str(out), "--max-env-steps", "1600") == 0
     card = json.loads((out / "spec.json").read_text())["model_card"]
     progress = resume.load(out).progress

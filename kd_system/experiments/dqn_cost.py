@@ -75,7 +75,7 @@ def rllib_rate(learning: bool, steps: int, envs: int = 1) -> float:
     hp = {**ATARI_DEFAULTS["dqn"], "buffer_size": 20_000, "steps_per_iter": 1000,
           "learning_starts": warm if learning else 10**9, "num_envs_per_runner": envs,
           "training_intensity": BATCH / UPDATE_EVERY if envs > 1 else 0}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         algo = build_algo(register_training_env(), {"env_id": ENV_ID}, "dqn", cnn_model_config(cnn_spec("nature")),
                           hp, 0, 0)

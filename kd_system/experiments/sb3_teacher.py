@@ -69,12 +69,13 @@ class _Stop:
         self.asked = True
 
 
+def _q_values(model, obs: np.ndarray) -> torch.Tensor:
+    with torch.no_grad():  # uint8 frames as they are: SB3's QNetwork scales image spaces itself
+        return model.q_net(torch.as_tensor(obs))
+
+
 def _greedy(model) -> callable:
-    def act(obs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            q = model.q_net(torch.as_tensor(obs, dtype=torch.float32) / 255.0)
-        return q.argmax(dim=1).numpy()
-    return act
+    return lambda obs: _q_values(model, obs).argmax(dim=1).numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and (ckpt / "state.json").exists():
         state = json.loads((ckpt / "state.json").read_text())
     resumed_at = int(state["env_steps"])
+    if resumed_at:
+        state["resumes"].append(resumed_at)  # before the seed: a resumed part does not replay the first's
     model = DQN("CnnPolicy", env, buffer_size=100_000, learning_rate=1e-4, batch_size=32, n_steps=3,
                 learning_starts=resumed_at + args.learning_starts, target_update_interval=1000, train_freq=4,
                 gradient_steps=1, exploration_fraction=args.explore_steps / args.total_steps,
@@ -106,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         model.q_net.load_state_dict(weights)
         model.q_net_target.load_state_dict(weights)
         model.num_timesteps = resumed_at
-        state["resumes"].append(resumed_at)
         print(f"[sb3-teacher] resumed at {resumed_at} steps, {state['wall_s']:.0f} s so far; "
               f"refilling {args.learning_starts} steps before learning", flush=True)
     started = time.monotonic()
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         return wall0 + time.monotonic() - started
 
     def save() -> None:
+        if not ckpt.exists() and (out / "checkpoint.old").exists():  # a kill between the renames: keep it
+            os.rename(out / "checkpoint.old", ckpt)
         tmp = out / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()

@@ -58,7 +58,7 @@ def _cli_train(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--hidden: {values['hidden']!r} must be comma-separated integers, e.g. 256,256") from None
     hparams = {name: getattr(args, f"hp_{name}") for name in HPARAMS if getattr(args, f"hp_{name}") is not None}
-    if resume_point.state_dir(args.out).exists():
+    if resume_point.exists(args.out):
         raise ConfigError(f"--out {args.out} holds a teacher training already; continue it with --resume {args.out}, "
                           "or choose another --out")
     values.pop("hidden")
@@ -83,5 +83,12 @@ def _cli_resume(args: argparse.Namespace) -> int:
     changes = {name: getattr(args, name) for name in RESUME_CHANGES if getattr(args, name) is not None}
     # The directory may have moved since: the resumed part writes where it was found.
     cfg = TeacherTrainConfig.from_record(point.config, out_dir=str(args.resume), **changes)
+    done = point.progress
+    if done.env_steps >= cfg.max_env_steps or done.wall_s >= cfg.max_wall_s or (
+            cfg.target_return is not None and done.best.get("full", -float("inf")) >= cfg.target_return):
+        raise ConfigError(f"--resume {args.resume}: the training already spent its budget ({done.env_steps} env steps "
+                          f"of --max-env-steps {cfg.max_env_steps}, {done.wall_s:.0f} s of --max-wall-s "
+                          f"{cfg.max_wall_s:g}, best {done.best.get('full', float('nan')):.2f}); raise the budget "
+                          "(or --target-return) to continue it")
     train_teacher(cfg, point)
     return 0

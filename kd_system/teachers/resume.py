@@ -11,6 +11,9 @@ constructor arguments, and a resume directory is a path the user hands in. The r
 not kept either (100k Atari frames are gigabytes): a resumed DQN refills it with the restored
 network before learning again (training.py shifts its schedules).
 
+A finished training keeps it (raising the budget continues it); .gitignore and the image build
+keep it out of the repository and the image, since on Atari it is tens of MB beside the teacher.
+
 A part is replaced whole: written beside the old one, then renamed over it, so a kill during the
 write leaves the previous part readable (``.training.old`` during the swap).
 """
@@ -45,6 +48,13 @@ def state_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / STATE_DIR
 
 
+def exists(out_dir: str | Path) -> bool:
+    """A training to continue is there (either name of the swap)."""
+    final = state_dir(out_dir)
+    return final.exists() or final.with_name(STATE_DIR + ".old").exists()
+
+
+
 def _flatten(tree: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
     """The tree as JSON, every array replaced by a reference into ``arrays``. Dicts keep their keys'
     types (the optimizer's state is keyed by int), so they are written as [key, value] pairs."""
@@ -77,6 +87,8 @@ def save(out_dir: str | Path, config: dict[str, Any], progress: Progress, learne
     """Write the resume point of the part that has just finished an iteration."""
     final = state_dir(out_dir)
     tmp, old = final.with_name(STATE_DIR + ".tmp"), final.with_name(STATE_DIR + ".old")
+    if not final.exists() and old.exists():  # the last part was killed between the renames: it is the one to keep
+        old.rename(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     arrays: dict[str, np.ndarray] = {}

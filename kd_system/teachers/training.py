@@ -7,12 +7,14 @@ card.py evaluates the selected weights and writes them with their model card; cl
 
 Training goes in parts: after every iteration the resume point (resume.py) is rewritten in
 ``OUT/.training``, and ``kd-system teacher train --resume OUT`` continues from the last one, with
-the counters, the best snapshot and the wall budget of all parts. SIGTERM acts as Ctrl-C; both stop
+the counters, the best snapshot and the wall budget of all parts. A finished training keeps its
+resume point, so raising its budget continues it. SIGTERM acts as Ctrl-C; both stop
 the part at once and stop the Ray it started (its watchdog ends that Ray if this process is killed).
 """
 from __future__ import annotations
 
 import math
+import os
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
@@ -195,14 +197,14 @@ def train_teacher(cfg: TeacherTrainConfig, resume: resume_point.ResumePoint | No
                             max_episode_steps=quick_eval_max_steps(cfg.env_id))  # the card's evaluation: whole games
 
     # Ray started here is stopped here, whatever happens; SIGTERM raises KeyboardInterrupt like Ctrl-C.
-    started_ray = connect_ray(None, num_cpus=max(2, cfg.num_env_runners + 1), quiet=True)
-    watchdog = Watchdog.for_local_ray() if started_ray else None
-    start = time.monotonic()
     select_seed = cfg.eval_seed + 1_000_000  # selection episodes never overlap the reported ones
     hparams = cfg.resumed_hparams(offset_steps)
     seed = cfg.seed + len(progress.resumed_at)  # a resumed part does not replay the first part's episodes
-    algo = None
+    started_ray = connect_ray(None, num_cpus=max(2, cfg.num_env_runners + 1), quiet=True)
+    algo, watchdog, start = None, None, time.monotonic()
     try:
+        if started_ray and not os.environ.get("RAY_ADDRESS"):  # a Ray it started; never a cluster it joined
+            watchdog = Watchdog.for_local_ray()
         if cnn:  # RLlib gets the teacher-training env (envs.make_training_env) in its image layout
             algo = build_algo(register_training_env(), {"env_id": cfg.env_id}, cfg.algorithm, cnn_model_config(network),
                               hparams, seed, cfg.num_env_runners)
