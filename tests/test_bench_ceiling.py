@@ -124,7 +124,7 @@ def test_ceiling_and_system_on_pong_with_a_random_nature_teacher(tmp_path, monke
 def check_feed(result: dict) -> None:
     feed = result["feed"]
     for key in ("store_sampled_states_per_s", "fast_learner_fed_ratio", "real_updates_per_s",
-                "fast_in_memory_updates_per_s", "fast_fed_updates_per_s"):
+                "fast_in_memory_updates_per_s", "fast_fed_updates_per_s", "store_sampled_states_per_s_pooled"):
         assert math.isfinite(feed[key]) and feed[key] > 0, key
     assert result["store_sampled_states_per_s"] == feed["store_sampled_states_per_s"]
     assert result["fast_learner_fed_ratio"] == pytest.approx(feed["fast_fed_updates_per_s"] / feed["fast_in_memory_updates_per_s"])

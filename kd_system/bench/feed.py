@@ -23,6 +23,9 @@ from kd_system.bench.timing import torch_threads
 from kd_system.learner.learner import Learner
 
 SPEEDUP = 20  # the fast learner: 20x today's CPU update (a GPU learner eats 20-50x)
+# The decoded-chunk pool (replay/pool.py) measured beside fresh chunks: 16 chunks, one replaced
+# every second batch, so a chunk serves about 32 batches.
+POOL = {"decoded_pool_chunks": 16, "pool_refresh_chunks": 0.5}
 
 
 class _StandInLearner(Learner):
@@ -70,19 +73,31 @@ def run_feed(ctx: BenchContext, log: Callable[[str], None]) -> dict[str, Any]:
             log(f"feed: today's update {step_s * 1e3:,.1f} ms; a consumer that does nothing, fed from the store "
                 f"({config.prefetch_threads} prefetch thread(s)) ...")
             nothing = _rate(stand_in(0.0), None, warmup, window)
+            pooled_config = config.model_copy(update=POOL)
+            nothing_pooled = _rate(lambda: _StandInLearner(pooled_config, [task], limiter, step_s=0.0), None,
+                                   warmup, window)
+            log(f"feed: {nothing_pooled * config.batch_size:,.0f} sampled states/s with a pool of "
+                f"{POOL['decoded_pool_chunks']} decoded chunks refreshing {POOL['pool_refresh_chunks']:g} per batch "
+                f"({nothing_pooled / nothing:.1f}x)")
             log(f"feed: {nothing * config.batch_size:,.0f} sampled states/s; a {SPEEDUP}x faster learner "
                 f"(sleeps {step_s / SPEEDUP * 1e3:,.2f} ms per update), in memory then fed ...")
             fast_memory = _rate(stand_in(step_s / SPEEDUP), in_memory, warmup, window)
             fast_fed = _rate(stand_in(step_s / SPEEDUP), None, warmup, window)
-        log(f"feed: fast learner {fast_fed:,.1f} of {fast_memory:,.1f} updates/s fed ({fast_fed / fast_memory:.2f})")
+            fast_fed_pooled = _rate(lambda: _StandInLearner(pooled_config, [task], limiter, step_s=step_s / SPEEDUP),
+                                    None, warmup, window)
+        log(f"feed: fast learner {fast_fed:,.1f} of {fast_memory:,.1f} updates/s fed ({fast_fed / fast_memory:.2f}); "
+            f"with the pool {fast_fed_pooled:,.1f} ({fast_fed_pooled / fast_memory:.2f})")
     finally:
         store.clear()
         store.close()
-    return {"store_sampled_states_per_s": nothing * config.batch_size, "real_update_s": step_s,
+    return {"store_sampled_states_per_s": nothing * config.batch_size,
+            "store_sampled_states_per_s_pooled": nothing_pooled * config.batch_size,
+            "pooled_vs_fresh_chunks": nothing_pooled / nothing, "pool": dict(POOL), "real_update_s": step_s,
             "real_updates_per_s": real, "real_states_per_s": real * config.batch_size,
             "sampled_vs_real_learner": nothing / real, "speedup": SPEEDUP, "stand_in_update_s": step_s / SPEEDUP,
             "fast_in_memory_updates_per_s": fast_memory, "fast_fed_updates_per_s": fast_fed,
-            "fast_learner_fed_ratio": fast_fed / fast_memory,
+            "fast_learner_fed_ratio": fast_fed / fast_memory, "fast_fed_updates_per_s_pooled": fast_fed_pooled,
+            "fast_learner_fed_ratio_pooled": fast_fed_pooled / fast_memory,
             "stand_in": "sleep of the real update's time / speedup inside Learner.train (GIL released, as on a GPU)",
             "batch_size": config.batch_size, "prefetch_threads": config.prefetch_threads,
             "chunks_per_sample": config.chunks_per_sample, "chunks_in_store": len(ctx.labelled_chunks())}

@@ -101,9 +101,14 @@ def _rows(results: dict) -> list[tuple[str, ...]]:
         f = results["feed"]
         row("feed", "sampled states/s, a consumer that does nothing", _rate(f["store_sampled_states_per_s"]),
             "today's learner (in memory)", _rate(f["real_states_per_s"]), f"{f['sampled_vs_real_learner']:.1f}")
+        row("feed", f"sampled states/s, same, a pool of {f['pool']['decoded_pool_chunks']} decoded chunks",
+            _rate(f["store_sampled_states_per_s_pooled"]), "fresh chunks per batch (above)",
+            _rate(f["store_sampled_states_per_s"]), f"{f['pooled_vs_fresh_chunks']:.1f}")
         row("feed", f"updates/s, {f['speedup']}x faster learner (stand-in), fed", _rate(f["fast_fed_updates_per_s"]),
             "same, batch in memory", _rate(f["fast_in_memory_updates_per_s"]), f"{f['fast_learner_fed_ratio']:.2f}",
             "fast_learner_fed_ratio")
+        row("feed", f"updates/s, {f['speedup']}x faster learner, fed through the pool", _rate(f["fast_fed_updates_per_s_pooled"]),
+            "same, batch in memory", _rate(f["fast_in_memory_updates_per_s"]), f"{f['fast_learner_fed_ratio_pooled']:.2f}")
     _ceiling_rows(results, row)
     if "scaling" in results:
         sc = results["scaling"]

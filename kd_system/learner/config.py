@@ -34,6 +34,12 @@ class LearnerConfig(Section):
     prefetch_batches: StrictInt = Field(8, ge=1, description="batches sampled ahead of the update loop")
     prefetch_threads: StrictInt = Field(1, ge=1, description="threads sampling batches from the store")
     chunks_per_sample: StrictInt = Field(4, ge=1, description="chunks one batch draws its states from")
+    decoded_pool_chunks: StrictInt = Field(0, ge=0, description=(
+        "0: each batch decodes chunks_per_sample fresh chunks; N: each prefetch thread keeps N decoded "
+        "chunks and every batch draws from all of them (replay/pool.py): far less decoding per state"))
+    pool_refresh_chunks: Number = Field(1.0, gt=0, description=(
+        "with decoded_pool_chunks: chunks replaced in the pool per batch, on average; a chunk then stays "
+        "about decoded_pool_chunks / pool_refresh_chunks batches"))
     device: Device = Field("auto", description="auto: cuda when the learner has a GPU")
     precision: Precision = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     num_cpus: Number = Field(0.5, gt=0, description="Ray CPU reservation of the learner")

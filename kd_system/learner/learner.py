@@ -116,8 +116,9 @@ class Learner:
     def _ensure_prefetchers(self) -> None:
         if self.prefetchers is None:
             cfg = self.config
+            pool = (cfg.decoded_pool_chunks, float(cfg.pool_refresh_chunks)) if cfg.decoded_pool_chunks else None
             self.prefetchers = [Prefetcher(store, cfg.batch_size, cfg.chunks_per_sample, cfg.prefetch_batches,
-                                           cfg.prefetch_threads, self.device, cfg.seed + 7919 * (i + 1))
+                                           cfg.prefetch_threads, self.device, cfg.seed + 7919 * (i + 1), pool)
                                 for i, store in enumerate(self.tables)]
 
     def _update(self, batches: list[dict[str, torch.Tensor]]) -> float:

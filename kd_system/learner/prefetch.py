@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import torch
 
+from kd_system.replay.pool import DecodedPool
 from kd_system.replay.table import ReplayTable
 
 SAMPLE_WAIT_S = 0.1  # a sample call returns this often while held, so close() stops the thread promptly
@@ -19,8 +20,9 @@ SAMPLE_WAIT_S = 0.1  # a sample call returns this often while held, so close() s
 
 class Prefetcher:
     def __init__(self, table: ReplayTable, batch_size: int, chunks_per_sample: int, depth: int,
-                 num_threads: int, device: torch.device, seed: int):
+                 num_threads: int, device: torch.device, seed: int, pool: tuple[int, float] | None = None):
         self.table = table
+        self.pool = pool  # (chunks, refresh per batch): each thread keeps its own DecodedPool
         self.batch_size = batch_size
         self.chunks_per_sample = chunks_per_sample
         self.device = device
@@ -34,9 +36,11 @@ class Prefetcher:
 
     def _fill(self, seed: int) -> None:
         rng = np.random.default_rng(seed)
+        pool = DecodedPool(*self.pool) if self.pool else None
         while not self._stop.is_set():
             try:
-                sample = self.table.sample(self.batch_size, rng, self.chunks_per_sample, timeout_s=SAMPLE_WAIT_S)
+                sample = self.table.sample(self.batch_size, rng, self.chunks_per_sample, timeout_s=SAMPLE_WAIT_S,
+                                           pool=pool)
                 if sample is None:  # data still short, or the limiter holds the learner back
                     continue
                 batch = {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in sample.arrays().items()}

@@ -16,6 +16,7 @@ import json
 import math
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from kd_system.replay.codec import encode_chunk
 from kd_system.replay.connection import Namespace, StoreAddress
 from kd_system.replay.rate_limit import SampleToInsertLimiter
 from kd_system.types import LabelledChunk, LabelledStates
+
+if TYPE_CHECKING:  # replay/pool.py calls back into the table
+    from kd_system.replay.pool import DecodedPool
 
 POLL_S = 0.005  # how often a held-back insert or sample re-reads the limiter's counters
 
@@ -56,6 +60,7 @@ class ReplayTable:
         self.inserted = 0  # states inserted into the run, as last read
         self._chunks_seen = 0  # the chunk counter as last read or written: it only grows while the store lives
         self.wipes = 0  # times this handle found the store emptied under it
+        self.generation = 0  # times what this handle knew of the store was forgotten: wipes and clear()
         self.held_by_limiter = False  # the last sample() attempt was refused by the limiter
         self.reader = ChunkReader(address.run_id, address.max_corrupt_share)  # decodes, skips and counts bad chunks
         self.wait_insert_s = 0.0  # time insert() spent held back by the limiter
@@ -104,6 +109,7 @@ class ReplayTable:
         it for good); the next insert re-claims the layout. The caller holds self._lock."""
         self.sampled = self.inserted = self._chunks_seen = 0
         self._ring_full = self._layout_claimed = False
+        self.generation += 1  # what was read from the store before (a decoded pool's chunks) is gone
 
     # ---- insert ----------------------------------------------------------------------------
     def insert(self, chunks: list[LabelledChunk], timeout_s: float = 0.0) -> list[int]:
@@ -169,16 +175,21 @@ class ReplayTable:
 
     # ---- sample ----------------------------------------------------------------------------
     def sample(self, batch_size: int, rng: np.random.Generator, chunks_per_sample: int = 4,
-               timeout_s: float = 0.0) -> LabelledStates | None:
+               timeout_s: float = 0.0, pool: "DecodedPool | None" = None) -> LabelledStates | None:
         """batch_size states drawn uniformly with replacement from chunks_per_sample random filled
         slots, once the limiter allows; None if it still did not (or the table held no states)
-        after ``timeout_s``. Two round trips: the counters, then the slots with the sample count."""
+        after ``timeout_s``. Two round trips: the counters, then the slots with the sample count.
+        With a ``pool`` (replay/pool.py), the states come from its decoded chunks instead, a few of
+        which it replaces per batch: decoding, not Redis, is what sampling spends its time on."""
         start = time.perf_counter()
         while True:
             filled = self._reserve(batch_size)
             if filled:
                 try:
-                    batch = self._draw(batch_size, rng, chunks_per_sample, filled)
+                    if pool is None:
+                        batch = self._draw(batch_size, rng, chunks_per_sample, filled)
+                    else:
+                        batch = pool.draw(self, batch_size, rng, filled)
                 except BaseException:
                     self._release(batch_size)
                     raise
@@ -224,18 +235,33 @@ class ReplayTable:
 
     def _draw(self, batch_size: int, rng: np.random.Generator, chunks_per_sample: int,
               filled: int) -> LabelledStates | None:
-        ns = self._ns
         slots = rng.choice(filled, size=min(chunks_per_sample, filled), replace=False)
-        with ns.guard("sampling"):
-            pipe = ns.redis.pipeline(transaction=False).mget([ns.key(f"slot:{s}") for s in slots])
-            if self.limiter is not None:  # the actors' inserts read it: one round trip with the slots
-                pipe.set(ns.key("sampled"), self.sampled)
-            blobs = pipe.execute()[0]
-        # A slot reserved but not yet written reads as None: skip it. So is a chunk that fails to decode.
-        parts = [p for p in (self.reader.read(b) for b in blobs if b is not None) if p is not None and len(p)]
+        parts = [part for part in self.read_slots(slots) if part is not None]
         if not parts:
             self._ring_full = False  # the run may have been cleared elsewhere: re-read the counter
             return None
+        return self.gather(parts, batch_size, rng)
+
+    def read_slots(self, slots) -> list[LabelledStates | None]:
+        """The chunks in ``slots``, decoded; None for a slot reserved but not yet written, or a chunk
+        that fails to decode. Publishes the learner's sample count in the same round trip (the
+        actors' inserts read it)."""
+        ns = self._ns
+        with ns.guard("sampling"):
+            pipe = ns.redis.pipeline(transaction=False).mget([ns.key(f"slot:{s}") for s in slots])
+            if self.limiter is not None:
+                pipe.set(ns.key("sampled"), self.sampled)
+            blobs = pipe.execute()[0]
+        return [None if b is None else (p if (p := self.reader.read(b)) is not None and len(p) else None) for b in blobs]
+
+    def publish_sampled(self) -> None:
+        """The learner's sample count, for a batch that read no slot (a pool's)."""
+        if self.limiter is not None:
+            with self._ns.guard("syncing the rate limiter"):
+                self._ns.redis.set(self._ns.key("sampled"), self.sampled)
+
+    def gather(self, parts: list[LabelledStates], batch_size: int, rng: np.random.Generator) -> LabelledStates:
+        """batch_size states drawn uniformly with replacement from all the states of ``parts``."""
         starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
         picks = rng.integers(0, starts[-1], size=batch_size)
         owner = np.searchsorted(starts, picks, side="right") - 1
