@@ -109,7 +109,8 @@ def test_train_teacher_end_to_end(ray_session, tmp_path, algorithm, output_kind)
     cfg = TeacherTrainConfig("CartPole-v1", algorithm, str(out), hidden=(32, 32), max_env_steps=800,
                              eval_episodes=5, select_episodes=2, eval_every_iters=1, hparams=TINY[algorithm])
     assert train_teacher(cfg) == out
-    assert {p.name for p in out.iterdir()} == {"spec.json", "model.safetensors", "MODEL_CARD.md"}
+    # and the resume point, kept so that raising the budget continues the training (resume.py)
+    assert {p.name for p in out.iterdir()} == {"spec.json", "model.safetensors", "MODEL_CARD.md", ".training"}
     policy = FrozenPolicy.load(out)
     spec = policy.spec
     assert (spec.role, spec.env_id, spec.obs_shape, spec.num_actions) == ("teacher", "CartPole-v1", (4,), 2)

@@ -24,7 +24,7 @@ import numpy as np
 from kd_system.bench.core_workers import CoreWorkers, Job
 from kd_system.bench.engine_choice import fidelity_record
 from kd_system.envs import atari
-from kd_system.envs.make import make_vector_env
+from kd_system.envs.make import make_vector_env, vector_env_threads_itself
 from kd_system.export.records import input_dtype
 from kd_system.policies.files import FrozenPolicy, PolicyBundle
 from kd_system.teachers.imports.states import env_states
@@ -67,7 +67,7 @@ def forward_loop(bundle: PolicyBundle, states: np.ndarray, batch: int) -> tuple[
 
 def env_processes(env_id: str, cores: int) -> int:
     """Processes that put every core to work: ale-py's vector threads itself; Gymnasium's does not."""
-    return 1 if atari.is_atari_id(env_id) else cores
+    return 1 if vector_env_threads_itself(env_id) else cores
 
 
 def layouts(bundle: PolicyBundle, cores: int) -> list[tuple[int, int]]:

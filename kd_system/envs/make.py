@@ -80,6 +80,12 @@ def make_training_env(env_id: str) -> gym.Env:
     return make_env(env_id)
 
 
+def vector_env_threads_itself(env_id: str) -> bool:
+    """Whether ``make_vector_env`` spreads its envs over the cores itself (ale-py's C++ emulator
+    threads) rather than stepping them in this process's one Python thread."""
+    return atari.is_atari_id(env_id)
+
+
 def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorEnv:
     """Synchronous vector env (same-step autoreset) for actors; cheap envs gain nothing from subprocesses.
     Atari ids get ale-py's threaded C++ vector env with the same preprocessing as ``make_env``."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kd_system.replay.gather import gather
 from kd_system.types import LabelledStates
 
 if TYPE_CHECKING:
@@ -53,4 +54,4 @@ class DecodedPool:
             table.publish_sampled()
         if not self.parts:
             return None
-        return table.gather(self.parts, batch_size, rng)
+        return gather(self.parts, batch_size, rng, table.address.run_id)

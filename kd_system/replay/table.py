@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kd_system.errors import StoreError
-from kd_system.replay.chunk_reader import ARRAYS as _ARRAYS, ChunkReader
+from kd_system.replay.chunk_reader import ChunkReader
+from kd_system.replay.gather import gather
 from kd_system.replay.codec import encode_chunk
 from kd_system.replay.connection import Namespace, StoreAddress
 from kd_system.replay.rate_limit import SampleToInsertLimiter
@@ -177,10 +178,9 @@ class ReplayTable:
     def sample(self, batch_size: int, rng: np.random.Generator, chunks_per_sample: int = 4,
                timeout_s: float = 0.0, pool: "DecodedPool | None" = None) -> LabelledStates | None:
         """batch_size states drawn uniformly with replacement from chunks_per_sample random filled
-        slots, once the limiter allows; None if it still did not (or the table held no states)
-        after ``timeout_s``. Two round trips: the counters, then the slots with the sample count.
-        With a ``pool`` (replay/pool.py), the states come from its decoded chunks instead, a few of
-        which it replaces per batch: decoding, not Redis, is what sampling spends its time on."""
+        slots (or a ``pool`` of decoded chunks, replay/pool.py), once the limiter allows; None if it
+        still did not (or the table held no states) after ``timeout_s``. Two round trips: the
+        counters, then the slots with the sample count."""
         start = time.perf_counter()
         while True:
             filled = self._reserve(batch_size)
@@ -227,11 +227,9 @@ class ReplayTable:
 
     def _release(self, batch_size: int) -> None:
         """Give back a reservation that drew nothing (an empty or cleared table)."""
-        if self.limiter is not None:
-            with self._lock:  # not below 0: the reservation may predate a wipe that reset the count
-                self.sampled = max(0, self.sampled - batch_size)
-                with self._ns.guard("syncing the rate limiter"):
-                    self._ns.redis.set(self._ns.key("sampled"), self.sampled)
+        with self._lock:  # not below 0: the reservation may predate a wipe that reset the count
+            self.sampled = max(0, self.sampled - batch_size)
+            self.publish_sampled()
 
     def _draw(self, batch_size: int, rng: np.random.Generator, chunks_per_sample: int,
               filled: int) -> LabelledStates | None:
@@ -240,7 +238,7 @@ class ReplayTable:
         if not parts:
             self._ring_full = False  # the run may have been cleared elsewhere: re-read the counter
             return None
-        return self.gather(parts, batch_size, rng)
+        return gather(parts, batch_size, rng, self.address.run_id)
 
     def read_slots(self, slots) -> list[LabelledStates | None]:
         """The chunks in ``slots``, decoded; None for a slot reserved but not yet written, or a chunk
@@ -255,29 +253,10 @@ class ReplayTable:
         return [None if b is None else (p if (p := self.reader.read(b)) is not None and len(p) else None) for b in blobs]
 
     def publish_sampled(self) -> None:
-        """The learner's sample count, for a batch that read no slot (a pool's)."""
+        """The learner's sample count, where no slot read carries it (a pool's batch, a release)."""
         if self.limiter is not None:
             with self._ns.guard("syncing the rate limiter"):
                 self._ns.redis.set(self._ns.key("sampled"), self.sampled)
-
-    def gather(self, parts: list[LabelledStates], batch_size: int, rng: np.random.Generator) -> LabelledStates:
-        """batch_size states drawn uniformly with replacement from all the states of ``parts``."""
-        starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
-        picks = rng.integers(0, starts[-1], size=batch_size)
-        owner = np.searchsorted(starts, picks, side="right") - 1
-        gathered = {}
-        for name in _ARRAYS:
-            first = getattr(parts[0], name)
-            out = np.empty((batch_size, *first.shape[1:]), dtype=first.dtype)
-            for i, part in enumerate(parts):  # gather straight from each chunk: no big concatenate
-                array = getattr(part, name)
-                if array.shape[1:] != first.shape[1:] or array.dtype != first.dtype:
-                    raise StoreError(f"chunks of run {self.address.run_id!r} disagree on array "
-                                     f"{name!r}: write one layout per run (use a run_id per task)")
-                mine = owner == i
-                out[mine] = array[picks[mine] - starts[i]]
-            gathered[name] = out
-        return LabelledStates(**gathered)
 
     @property
     def chunks_read(self) -> int:
