@@ -62,6 +62,20 @@ def test_bad_pool_settings_are_refused():
         DecodedPool(size=4, refresh=0.0)
 
 
+def test_auto_keeps_a_pool_on_a_gpu_only():
+    import torch
+    from kd_system.config import load_config
+    from kd_system.errors import ConfigError
+    from kd_system.learner.learner import GPU_POOL_CHUNKS, pool_chunks
+    assert load_config(None).learner.decoded_pool_chunks == "auto"
+    assert pool_chunks("auto", torch.device("cpu")) == 0
+    assert pool_chunks("auto", torch.device("cuda")) == GPU_POOL_CHUNKS
+    assert pool_chunks(4, torch.device("cuda")) == 4 and pool_chunks(0, torch.device("cuda")) == 0
+    for bad in ("-1", "lots", "true"):
+        with pytest.raises(ConfigError, match="learner.decoded_pool_chunks"):
+            load_config(None, [f"learner.decoded_pool_chunks={bad}"])
+
+
 @pytest.mark.slow
 def test_a_run_whose_learner_samples_through_a_pool_reaches_its_target(tmp_path):
     import json

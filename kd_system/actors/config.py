@@ -18,7 +18,9 @@ class ActorConfig(Section):
     """The collectors: how many, how many envs each, and who picks the actions."""
     num_actors: typing.Annotated[StrictInt, Field(ge=1)] | Literal["auto"] = Field(2, description=(
         "collector processes per task; auto: as many as the cluster has room for (kd_system/launch/cluster_info.py)"))
-    envs_per_actor: StrictInt = Field(8, ge=1, description="vectorised envs stepped together by each actor")
+    envs_per_actor: typing.Annotated[StrictInt, Field(ge=1)] | Literal["auto"] = Field("auto", description=(
+        "vectorised envs stepped together by each actor; auto: 64 for Atari (the teacher's batches then run "
+        "near its best forward rate), 8 otherwise (kd_system/envs/vector.py)"))
     epsilon: Number = Field(0.05, ge=0, le=1, description="the acting policy explores with this probability")
     acting: ActingMode = Field("teacher", description=(
         "who picks actions (kd_system/actors/behaviour.py); the teacher labels every state"))
@@ -44,6 +46,17 @@ class ActorConfig(Section):
             raise ValueError(f"actors.num_actors: expected an integer or auto, got {value!r}")
         if value < 1:
             raise ValueError("actors.num_actors (a number or auto) must be >= 1")
+        return value
+
+    @field_validator("envs_per_actor", mode="before")
+    @classmethod
+    def _envs_or_auto(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"actors.envs_per_actor: expected an integer or auto, got {value!r}")
+        if value < 1:
+            raise ValueError("actors.envs_per_actor (a number or auto) must be >= 1")
         return value
 
     @field_validator("acting", mode="before")

@@ -80,6 +80,22 @@ class AleGroup:
 EnvGroup = SyncGroup | AleGroup
 
 
+# An Atari actor's envs when actors.envs_per_actor is auto. Two groups of 32 give the teacher
+# batches of 32, where a Nature-CNN forward runs near its best (kd-system bench --only ceiling:
+# batch 8 / 32 / 128 at 3,961 / 5,767 / 6,480 states/s on the 2-core machine). Measured with
+# `kd-system bench --only system --num-envs N --collectors 2` on Pong there, 2026-12-07: 16 envs
+# 1,307 labelled states/s (0.57 of the hardware ceiling), 32: 1,636, 64: 2,244 (0.94), 128: 2,240.
+ATARI_ENVS_PER_ACTOR = 64
+CLASSIC_ENVS_PER_ACTOR = 8  # one synchronous Gymnasium vector; cheap envs, no overlap to feed
+
+
+def envs_per_actor(setting: int | str, env_id: str) -> int:
+    """``actors.envs_per_actor`` for an actor of ``env_id``: the number given, or auto's per-kind default."""
+    if setting != "auto":
+        return int(setting)
+    return ATARI_ENVS_PER_ACTOR if atari.is_atari_id(env_id) else CLASSIC_ENVS_PER_ACTOR
+
+
 def atari_groups(num_envs: int) -> int:
     return 2 if num_envs >= 2 else 1
 

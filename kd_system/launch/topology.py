@@ -15,6 +15,7 @@ from kd_system.launch.cluster_info import actors_per_task, learner_gpus_for
 from kd_system.actors.collector import Collector, CollectorSettings
 from kd_system.config import RunConfig, limiter_of
 from kd_system.errors import ConfigError, KDError
+from kd_system.envs.vector import envs_per_actor
 from kd_system.evaluation.evaluator import Evaluator
 from kd_system.metrics import say
 from kd_system.learner.learner import Learner, LearnerTask
@@ -107,7 +108,8 @@ REPLACEMENT_SEED_STRIDE = 100_000_000
 def collector_settings(config: RunConfig, actor_id: int, task_index: int = 0,
                        prepared: Prepared | None = None, incarnation: int = 0) -> CollectorSettings:
     a = config.actors
-    return CollectorSettings(actor_id=actor_id, env_id=config.task_list()[task_index].env, num_envs=a.envs_per_actor,
+    env_id = config.task_list()[task_index].env
+    return CollectorSettings(actor_id=actor_id, env_id=env_id, num_envs=envs_per_actor(a.envs_per_actor, env_id),
                              epsilon=a.epsilon, chunk_states=config.store.chunk_states,
                              chunks_per_write=a.chunks_per_write, torch_threads=a.torch_threads,
                              seed=config.head.seed * 100_003 + 1_000 * (actor_id + 1)

@@ -34,12 +34,13 @@ class LearnerConfig(Section):
     prefetch_batches: StrictInt = Field(8, ge=1, description="batches sampled ahead of the update loop")
     prefetch_threads: StrictInt = Field(1, ge=1, description="threads sampling batches from the store")
     chunks_per_sample: StrictInt = Field(4, ge=1, description="chunks one batch draws its states from")
-    decoded_pool_chunks: StrictInt = Field(0, ge=0, description=(
+    decoded_pool_chunks: typing.Annotated[StrictInt, Field(ge=0)] | Literal["auto"] = Field("auto", description=(
         "0: each batch decodes chunks_per_sample fresh chunks; N: each prefetch thread keeps N decoded "
-        "chunks and every batch draws from all of them (replay/pool.py): far less decoding per state"))
-    pool_refresh_chunks: Number = Field(1.0, gt=0, description=(
+        "chunks and every batch draws from all of them (replay/pool.py): far less decoding per state; "
+        "auto: 16 on a GPU, whose learner outruns fresh decoding, 0 on a CPU, fed without it"))
+    pool_refresh_chunks: Number = Field(0.5, gt=0, description=(
         "with decoded_pool_chunks: chunks replaced in the pool per batch, on average; a chunk then stays "
-        "about decoded_pool_chunks / pool_refresh_chunks batches"))
+        "about decoded_pool_chunks / pool_refresh_chunks batches (0.5: as kd-system bench --only feed measures it)"))
     device: Device = Field("auto", description="auto: cuda when the learner has a GPU")
     precision: Precision = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     num_cpus: Number = Field(0.5, gt=0, description="Ray CPU reservation of the learner")
@@ -51,6 +52,15 @@ class LearnerConfig(Section):
     @classmethod
     def _loss_spec(cls, value: str) -> str:
         validate_loss_spec(value)  # its ConfigError passes through pydantic unchanged (it wraps ValueError only)
+        return value
+
+    @field_validator("decoded_pool_chunks", mode="before")
+    @classmethod
+    def _pool_or_auto(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"learner.decoded_pool_chunks: expected auto or an integer >= 0, got {value!r}")
         return value
 
     @field_validator("device", mode="before")

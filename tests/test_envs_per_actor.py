@@ -1,0 +1,36 @@
+"""actors.envs_per_actor: auto resolves per env kind (64 for Atari, 8 otherwise, from the bench's
+figures in kd_system/envs/vector.py); a number is taken as given; bad values name the field."""
+import pytest
+
+from kd_system.config import load_config
+from kd_system.envs.vector import ATARI_ENVS_PER_ACTOR, CLASSIC_ENVS_PER_ACTOR, envs_per_actor
+from kd_system.errors import ConfigError
+from kd_system.launch.topology import collector_settings
+
+
+def test_auto_is_the_default_and_resolves_per_env_kind():
+    assert load_config(None).actors.envs_per_actor == "auto"
+    assert envs_per_actor("auto", "ALE/Pong-v5") == ATARI_ENVS_PER_ACTOR == 64
+    assert envs_per_actor("auto", "CartPole-v1") == CLASSIC_ENVS_PER_ACTOR == 8
+    assert envs_per_actor(12, "ALE/Pong-v5") == 12
+
+
+def test_collectors_get_the_resolved_count_per_task():
+    pong = load_config(None, ["env.id=ALE/Pong-v5"])
+    assert collector_settings(pong, actor_id=0).num_envs == 64
+    cartpole = load_config(None)
+    assert collector_settings(cartpole, actor_id=0).num_envs == 8
+    given = load_config(None, ["env.id=ALE/Pong-v5", "actors.envs_per_actor=16"])
+    assert collector_settings(given, actor_id=0).num_envs == 16
+
+
+def test_shipped_atari_configs_use_auto():
+    for name in ("pong-v5", "breakout-v5"):
+        assert load_config(name).actors.envs_per_actor == "auto"
+
+
+@pytest.mark.parametrize("value", ["0", "many", "true", "2.5"])
+def test_bad_values_name_the_field(value):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"actors.envs_per_actor={value}"])
+    assert "actors.envs_per_actor" in str(info.value)
