@@ -15,10 +15,12 @@ from kd_system.metrics import say
 from kd_system.bench.context import DEFAULT_ENV, DEFAULT_SECTIONS, SECTIONS, BenchContext, BenchOptions, parse_only
 
 # ceiling times raw env steps and forwards in its own worker processes: before Ray starts, whose
-# processes would take CPU from it; system (collectors as Ray actors) runs last.
-RUN_ORDER = ("store", "learner", "feed", "inference", "ceiling", "actor", "scaling", "system")
-RAY_SECTIONS = {"actor", "scaling", "system"}
-REDIS_SECTIONS = {"actor", "store", "learner", "feed", "scaling", "system"}  # inference, ceiling: in-process only
+# processes would take CPU from it; system (collectors as Ray actors) runs last. nodes starts and
+# shuts down multi-node clusters of its own (ray.cluster_utils), so it runs while no Ray is connected:
+# after ceiling, before the RAY_SECTIONS start the local Ray they share.
+RUN_ORDER = ("store", "learner", "feed", "inference", "ceiling", "nodes", "actor", "scaling", "system")
+RAY_SECTIONS = {"actor", "scaling", "system"}  # share one local Ray, started before the first of them
+REDIS_SECTIONS = {"actor", "store", "learner", "feed", "scaling", "system", "nodes"}  # inference, ceiling: in-process only
 CHUNK_SECTIONS = {"store", "learner", "feed"}  # fed from chunks a collector made up front
 
 
@@ -55,6 +57,9 @@ def _section_runner(name: str) -> Callable:
     if name == "system":
         from kd_system.bench.system import run_system
         return run_system
+    if name == "nodes":
+        from kd_system.bench.nodes import run_nodes
+        return run_nodes
     from kd_system.bench.scaling import run_scaling
     return run_scaling
 
@@ -139,13 +144,14 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser("bench", help="throughput of actors, store, learner input and actor scaling, "
                                             "side by side with their no-overhead baselines; inference "
                                             "latency of teacher and student per engine; the hardware ceiling "
-                                            "and the whole system against it, per teacher engine")
+                                            "and the whole system against it, per teacher engine; collectors on "
+                                            "1, 2 and 4 Ray nodes sharing this machine, and how many nodes one Redis serves")
     p.add_argument("--env", default=DEFAULT_ENV, help=f"env id (default {DEFAULT_ENV}; classic ids such as CartPole-v1 work too)")
     p.add_argument("--teacher", metavar="PATH", help="teacher checkpoint directory (default: the shipped one for the env; "
                                                      "for Atari without one, a random Nature-CNN: throughput ignores weights)")
     p.add_argument("--seconds", type=float, default=5.0, help="each timed window, after a warm-up of half that (at most 2 s); "
                                                            "inference: a fifth of it per engine")
-    p.add_argument("--num-envs", type=int, help="envs per actor (default 16 for Atari, actors.envs_per_actor otherwise)")
+    p.add_argument("--num-envs", type=int, help="envs per actor (default: a run's, actors.envs_per_actor auto: 64 for Atari, 8 otherwise)")
     p.add_argument("--only", metavar="SECTIONS", help=f"comma-separated subset of {','.join(SECTIONS)} "
                                                     f"(default: {','.join(DEFAULT_SECTIONS)})")
     p.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")

@@ -14,6 +14,7 @@ import torch
 from kd_system.actors.collector import Collector
 from kd_system.config import PACKAGE_DIR, ActorConfig, EnvConfig, RunConfig, StoreConfig
 from kd_system.envs.make import EnvSpaces, check_env_id, env_spaces
+from kd_system.envs.vector import envs_per_actor
 from kd_system.errors import CheckpointError, ConfigError, StoreError
 from kd_system.learner.loss_spec import student_output_kind
 from kd_system.learner.losses import resolve_temperature
@@ -31,13 +32,13 @@ from kd_system.types import LabelledChunk
 if TYPE_CHECKING:  # teachers/engines.py pulls in the exporters: imported when engines are asked for
     from kd_system.teachers.engines import TeacherEngine
 
-SECTIONS = ("actor", "store", "learner", "feed", "scaling", "inference", "ceiling", "system")
+SECTIONS = ("actor", "store", "learner", "feed", "scaling", "inference", "ceiling", "system", "nodes")
 # inference (bench/inference.py) exports and times 16 engines, about a minute at the default --seconds;
 # ceiling and system sweep env counts, batches, layouts and collector counts per teacher engine
-# (minutes): all three are asked for by name, so the default run stays short.
+# (minutes); nodes starts three multi-node Ray clusters in turn (a minute or two): all four are
+# asked for by name, so the default run stays short.
 DEFAULT_SECTIONS = ("actor", "store", "learner", "feed", "scaling")
 DEFAULT_ENV = "ALE/Pong-v5"
-ATARI_NUM_ENVS = 16  # DESIGN.md section 2: ale-py's vector env (the pixel games') is measured at 16 envs
 MAX_WARMUP_S = 2.0
 RANDOM_TEACHER_SEED = 0
 # Chunks for the store and learner sections: the first few are dropped so Atari frames come from
@@ -165,7 +166,7 @@ class BenchContext:
         self.teacher = choose_teacher(self.env_id, options.teacher, self.spaces)
         self.cores = len(os.sched_getaffinity(0))
         self.threads = options.torch_threads or ActorConfig().torch_threads
-        self.num_envs = options.num_envs or (ATARI_NUM_ENVS if self.spaces.pixels else ActorConfig().envs_per_actor)
+        self.num_envs = options.num_envs or envs_per_actor(ActorConfig().envs_per_actor, self.env_id)  # a run's default
         # A real run's settings; only the envs per actor and torch threads come from the options.
         defaults = RunConfig()
         self.config = defaults.model_copy(update={

@@ -115,6 +115,16 @@ def _rows(results: dict) -> list[tuple[str, ...]]:
         for count, rate, ratio in zip(sc["actors"], sc["states_per_s"], sc["vs_one_actor"]):
             row("scaling", f"labelled states/s, {count} actor{'s' if count > 1 else ''}", _rate(rate),
                 "1 actor", _rate(sc["states_per_s"][0]), f"{ratio:.2f}")
+    if "nodes" in results:
+        nd = results["nodes"]
+        one = nd["by_nodes"][str(nd["node_counts"][0])]
+        for count, f in ((int(c), f) for c, f in nd["by_nodes"].items()):
+            shape = f"{count} node{'s' if count > 1 else ''} x {f['collectors_per_node']} collector(s)"
+            row("nodes", f"labelled states/s, {shape}", _rate(f["labelled_states_per_s"]), f"{one['nodes']} node",
+                _rate(one["labelled_states_per_s"]), f"{f['vs_one_node']:.2f}")
+            row("nodes", f"labelled states/s per node, {shape}", _rate(f["per_node_mean_states_per_s"]),
+                f"{one['nodes']} node", _rate(one["per_node_mean_states_per_s"]),
+                f"{f['per_node_mean_states_per_s'] / one['per_node_mean_states_per_s']:.2f}")
     for name, case in results.get("inference", {}).get("cases", {}).items():
         teacher, student = case["teacher"]["engines"]["torch_eager"], case["student"]["engines"]
         macs = f", MACs ratio {case['macs_ratio']:.2f}" if case["macs_ratio"] else ""
@@ -204,6 +214,22 @@ def _inference_lines(section: dict) -> list[str]:
     return lines
 
 
+def _nodes_lines(nd: dict) -> list[str]:
+    """Redis's side per node count, and the estimate of how many nodes one Redis serves."""
+    lines = [f"nodes {c}: Redis {_rate(f['redis_written_states_per_s'])} states/s written, "
+             f"{f['redis_in_mb_per_s']:.2f} MB/s in, {f['bytes_per_state'] or 0:,.0f} B/state stored, {f['redis_core_fraction']:.1%} of a core "
+             f"(idle {f['redis_idle_core_fraction']:.1%})" + (", CPUs oversubscribed" if f["oversubscribed"] else "")
+             for c, f in nd["by_nodes"].items()]
+    e, a = nd["redis_estimate"], nd["assumptions"]
+    cpu = (f"one Redis core ({e['redis_cpu_us_per_state']:.2f} us/state) serves ~{e['nodes_by_redis_cpu']:,.0f}"
+           if e["nodes_by_redis_cpu"] else "Redis CPU per state too small to measure")
+    lines.append(f"nodes estimate, a node of {_rate(e['node_states_per_s'])} states/s ({a['node']}): {cpu}; a "
+                 f"{a['network_gbit_s']:g} Gbit/s link at {e['wire_bytes_per_state']:,.0f} B/state serves "
+                 f"~{e['nodes_by_network']:,.0f}; capacity {e['redis_nodes_capacity']:,} nodes, {e['bottleneck']} first "
+                 f"({a['load']})")
+    return lines
+
+
 def render(results: dict) -> str:
     setup, machine = results["setup"], results["machine"]
     header = ("section", "measurement", "value", "baseline", "baseline value", "ratio", "target", "")
@@ -249,6 +275,8 @@ def render(results: dict) -> str:
         sc = results["scaling"]
         lines.append(f"scaling on {sc['cores']} cores: torch threads per actor {sc['torch_threads_per_actor']} "
                      f"for {sc['actors']} actors")
+    if "nodes" in results:
+        lines += _nodes_lines(results["nodes"])
     lines.append(f"machine: {machine['cores']} cores ({machine['cpu']}), torch {machine['torch_version']} with "
                  f"{machine['torch_threads']} threads for actor paths; load average {machine['load_average_start']:.2f} "
                  f"at start, {machine['load_average_end']:.2f} at end (other work on the machine skews every figure)")
