@@ -86,11 +86,12 @@ def vector_env_threads_itself(env_id: str) -> bool:
     return atari.is_atari_id(env_id)
 
 
-def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorEnv:
+def make_vector_env(env_id: str, num_envs: int, seed: int, num_threads: int | None = None) -> gym.vector.VectorEnv:
     """Synchronous vector env (same-step autoreset) for actors; cheap envs gain nothing from subprocesses.
-    Atari ids get ale-py's threaded C++ vector env with the same preprocessing as ``make_env``."""
+    Atari ids get ale-py's threaded C++ vector env with the same preprocessing as ``make_env``, with
+    ``num_threads`` emulator threads (None: one per core)."""
     if atari.is_atari_id(env_id):
-        return atari.make_atari_vector_env(env_id, num_envs, seed, atari.RAW_SCORE)
+        return atari.make_atari_vector_env(env_id, num_envs, seed, atari.RAW_SCORE, num_threads=num_threads)
     check_env_id(env_id)
     env_fns = [lambda: make_env(env_id) for _ in range(num_envs)]
     vec = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
