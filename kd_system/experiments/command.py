@@ -23,7 +23,8 @@ def _grid_from_args(args: argparse.Namespace) -> Grid:
                 and (not args.losses or c.loss in args.losses) and (not args.acting or c.acting in args.acting)]
         if given and not keep:
             raise ConfigError(f"{args.grid}: no cell matches the --{' --'.join(sorted(given))} given on the command line")
-        grid = Grid(tuple(keep), grid.settings, grid.env_settings, grid.scratch_sizes,
+        grid = Grid(tuple(keep), grid.settings, grid.env_settings,
+                    tuple(s for s in grid.scratch_sizes if not args.sizes or s in args.sizes),
                     tuple(e for e in grid.scratch_envs if not args.envs or e in args.envs), grid.scratch_budget)
     else:
         missing = [k for k in axes if not axes[k]]

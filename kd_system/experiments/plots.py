@@ -34,7 +34,7 @@ def plot_curves(grid: Grid, out_dir: Path, report_dir: Path) -> list[Path]:
             if curve:
                 ax.plot([p.env_steps for p in curve], [p.normalized_score for p in curve],
                         SIZE_STYLES[sizes.index(cell.size) % len(SIZE_STYLES)], color=COLOURS[cell.acting],
-                        marker=".", label=f"{cell.acting}-driven, {cell.size:.0%}")
+                        marker=".", label=f"{cell.acting}-driven, {cell.size * 100:g}%")
         ax.axhline(0.95, color="grey", linewidth=0.8, linestyle=":")
         ax.set(title=f"{env_id}: distillation ({main_loss})", xlabel="env steps", ylabel="teacher-normalized score",
                ylim=(-0.1, 1.1))
@@ -48,6 +48,11 @@ def plot_curves(grid: Grid, out_dir: Path, report_dir: Path) -> list[Path]:
     return written
 
 
+def _pct(pct: float) -> str:
+    """1.8, 6.6, 25: a Sun & Fazli 1.7% student is not rounded to 2%."""
+    return f"{pct:.2g}" if pct < 10 else f"{pct:.0f}"
+
+
 def plot_steps_bars(rows: list[dict], report_dir: Path, threshold: float) -> list[Path]:
     """Env steps to the threshold per cell, beside the same student trained from scratch (log scale)."""
     if not rows:
@@ -57,7 +62,7 @@ def plot_steps_bars(rows: list[dict], report_dir: Path, threshold: float) -> lis
         env_rows = [r for r in rows if r["env"] == env_id]
         for row in env_rows:
             missed = "" if row["steps_to_095"] else " (not reached)"
-            labels.append(f"{env_id.split('-')[0]} {row['teacher_pct']:.0f}% {row['loss']} {row['acting']}{missed}")
+            labels.append(f"{env_id.split('-')[0]} {_pct(row['teacher_pct'])}% {row['loss']} {row['acting']}{missed}")
             values.append(row["steps_to_095"] or 0)
             colours.append(COLOURS.get(row["acting"], "tab:gray"))
         scratch = next((r for r in env_rows if r.get("scratch_steps_to_095") or r.get("scratch_note")), None)
