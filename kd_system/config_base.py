@@ -39,6 +39,18 @@ _EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "t
 _SIGNS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
+def count_or_auto(value: object, field: str, minimum: int) -> object:
+    """A before-validator's body for ``int >= minimum | "auto"`` fields: one message for both
+    options, where pydantic would report each option's failure separately."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field}: expected an integer or auto, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{field} (a number or auto) must be >= {minimum}")
+    return value
+
+
 def one_of(names: tuple[str, ...]) -> str:
     """``a, b or c``: the choices an error message offers."""
     return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]

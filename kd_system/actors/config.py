@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
-from kd_system.config_base import Number, Section, one_of
+from kd_system.config_base import Number, Section, count_or_auto, one_of
 
 # Who picks actions (kd_system/actors/behaviour.py); kept here, free of torch, for the config check.
 ActingMode = Literal["teacher", "student", "mixed"]
@@ -39,25 +39,12 @@ class ActorConfig(Section):
     @field_validator("num_actors", mode="before")
     @classmethod
     def _count_or_auto(cls, value: object) -> object:
-        # One message for the two options; pydantic would report each option's failure separately.
-        if value == "auto":
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"actors.num_actors: expected an integer or auto, got {value!r}")
-        if value < 1:
-            raise ValueError("actors.num_actors (a number or auto) must be >= 1")
-        return value
+        return count_or_auto(value, "actors.num_actors", 1)
 
     @field_validator("envs_per_actor", mode="before")
     @classmethod
     def _envs_or_auto(cls, value: object) -> object:
-        if value == "auto":
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"actors.envs_per_actor: expected an integer or auto, got {value!r}")
-        if value < 1:
-            raise ValueError("actors.envs_per_actor (a number or auto) must be >= 1")
-        return value
+        return count_or_auto(value, "actors.envs_per_actor", 1)
 
     @field_validator("acting", mode="before")
     @classmethod

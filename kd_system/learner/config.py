@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, StrictInt, StrictStr, field_validator, model_validator
 
-from kd_system.config_base import Number, Section, one_of
+from kd_system.config_base import Number, Section, count_or_auto, one_of
 from kd_system.learner.loss_spec import validate_loss_spec
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -57,11 +57,7 @@ class LearnerConfig(Section):
     @field_validator("decoded_pool_chunks", mode="before")
     @classmethod
     def _pool_or_auto(cls, value: object) -> object:
-        if value == "auto":
-            return value
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"learner.decoded_pool_chunks: expected auto or an integer >= 0, got {value!r}")
-        return value
+        return count_or_auto(value, "learner.decoded_pool_chunks", 0)
 
     @field_validator("device", mode="before")
     @classmethod
