@@ -78,6 +78,10 @@ def test_table_rows_markdown_and_csv(tmp_path):
     assert rows[0]["steps_to_095"] == "2500" and rows[0]["scratch_steps_to_095"] == "30000"
     assert rows[1]["scratch_steps_to_095"] == "" and rows[1]["final_ci95"] == "0.9900;1.0100"
     assert rows[0]["reached_at_first_eval"] == "False"
+    # the baseline's best evaluation within its budget, NaN evaluations (teacher = random) skipped
+    curve = [{"normalized_score": float("nan")}, {"normalized_score": 0.31}, {"normalized_score": 0.2}]
+    short = cell_row(cell, run_dir, {"env_steps_to_threshold": None, "env_steps_end": 200_000, "curve": curve}, 0.95)
+    assert short["scratch_best"] == 0.31 and reached["scratch_best"] is None
 
 
 def test_student_sizes_stay_within_the_share_of_the_teacher():
@@ -166,3 +170,35 @@ scratch: {sizes: [0.04], max_env_steps: 1000, eval_every_steps: 500, eval_episod
         assert (out / name).stat().st_size > 0
     again = kd("experiment", "--grid", str(grid), "--out", str(out), "--only", "cells", "scratch")
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 2
+
+
+def test_plots_draw_each_sizes_scratch_baseline(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+    from kd_system.experiments import plots
+    grid = load_grid("pong")
+    cell = grid.cells[0]
+    (tmp_path / "runs" / cell.name).mkdir(parents=True)
+    write_metrics(tmp_path / "runs" / cell.name / "metrics.jsonl", RECORDS)
+    for size in (0.25, 0.07):
+        path = scratch_path(tmp_path, "ALE/Pong-v5", size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"curve": [{"env_steps": 10_000, "normalized_score": 0.1},
+                                              {"env_steps": 20_000, "normalized_score": 0.2}]}))
+    labels: list[str] = []
+    plot = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: (labels.append(k.get("label")), plot(self, *a, **k))[1])
+    written = plots.plot_curves(grid, tmp_path, tmp_path)
+    assert [p.name for p in written] == ["curves-pong-v5.png"] and written[0].is_file()
+    assert {"DQN from scratch, 25%", "DQN from scratch, 7%"} <= set(labels)
+    assert f"teacher-driven, {cell.size * 100:g}%" in labels
+    rows = [{"env": "ALE/Pong-v5", "teacher_pct": pct, "student_params": params, "loss": "kl", "acting": "teacher",
+             "steps_to_095": 5_000, "scratch_steps_to_095": None, "scratch_note": "not reached within 200000 steps"}
+            for pct, params in ((25.2, 424_790), (1.75, 29_534))]
+    ticks: list[str] = []
+    set_yticks = Axes.set_yticks
+    monkeypatch.setattr(Axes, "set_yticks", lambda self, t, names=None, **k: (ticks.extend(names or []),
+                                                                              set_yticks(self, t, names, **k))[1])
+    bars = plots.plot_steps_bars(rows, tmp_path, 0.95)
+    assert bars[0].is_file()
+    assert [t for t in ticks if "DQN" in t] == ["ALE/Pong 25% DQN from scratch (not reached)",
+                                                "ALE/Pong 1.8% DQN from scratch (not reached)"]

@@ -13,6 +13,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from kd_system.experiments.curves import eval_curve, read_records  # noqa: E402
 from kd_system.experiments.grid import Grid, env_slug  # noqa: E402
+from kd_system.experiments.runner import scratch_path  # noqa: E402
 
 COLOURS = {"teacher": "tab:blue", "student": "tab:orange", "mixed": "tab:green"}
 SIZE_STYLES = ["-", "--", ":", "-."]
@@ -35,6 +36,13 @@ def plot_curves(grid: Grid, out_dir: Path, report_dir: Path) -> list[Path]:
                 ax.plot([p.env_steps for p in curve], [p.normalized_score for p in curve],
                         SIZE_STYLES[sizes.index(cell.size) % len(SIZE_STYLES)], color=COLOURS[cell.acting],
                         marker=".", label=f"{cell.acting}-driven, {cell.size * 100:g}%")
+        for size in sizes:  # the same students trained from scratch, in the scratch colour
+            path = scratch_path(out_dir, env_id, size)
+            points = json.loads(path.read_text()).get("curve", []) if path.is_file() else []
+            if points:
+                ax.plot([p["env_steps"] for p in points], [p["normalized_score"] for p in points],
+                        SIZE_STYLES[sizes.index(size) % len(SIZE_STYLES)], color="tab:red", linewidth=0.8,
+                        label=f"DQN from scratch, {size * 100:g}%")
         ax.axhline(0.95, color="grey", linewidth=0.8, linestyle=":")
         ax.set(title=f"{env_id}: distillation ({main_loss})", xlabel="env steps", ylabel="teacher-normalized score",
                ylim=(-0.1, 1.1))
@@ -65,11 +73,13 @@ def plot_steps_bars(rows: list[dict], report_dir: Path, threshold: float) -> lis
             labels.append(f"{env_id.split('-')[0]} {_pct(row['teacher_pct'])}% {row['loss']} {row['acting']}{missed}")
             values.append(row["steps_to_095"] or 0)
             colours.append(COLOURS.get(row["acting"], "tab:gray"))
-        scratch = next((r for r in env_rows if r.get("scratch_steps_to_095") or r.get("scratch_note")), None)
-        if scratch is not None:
+        # one bar per student size that has a baseline (cells of one size share it)
+        scratches = {r["student_params"]: r for r in env_rows if r.get("scratch_steps_to_095") or r.get("scratch_note")}
+        for scratch in scratches.values():
             reached = scratch["scratch_steps_to_095"]
             end = int(scratch["scratch_note"].split()[3]) if reached is None else reached
-            labels.append(f"{env_id.split('-')[0]} DQN from scratch" + ("" if reached else " (not reached)"))
+            labels.append(f"{env_id.split('-')[0]} {_pct(scratch['teacher_pct'])}% DQN from scratch"
+                          + ("" if reached else " (not reached)"))
             values.append(end)
             colours.append("tab:red" if reached else "mistyrose")
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1.2), dpi=80)

@@ -14,7 +14,7 @@ COLUMNS = [  # (key, markdown header)
     ("acting", "who acts"), ("final_score", "final score"), ("final_ci95", "95% CI"),
     ("steps_to_095", "env steps to 0.95"), ("wall_s_to_095", "wall s to 0.95 (from 1st env step)"), ("env_steps_end", "env steps (end)"),
     ("wall_s_end", "wall s (end, with start-up)"), ("scratch_steps_to_095", "DQN from scratch: env steps to 0.95"),
-    ("scratch_ratio", "scratch / distillation"),
+    ("scratch_ratio", "scratch / distillation"), ("scratch_best", "DQN from scratch: best score"),
 ]
 
 
@@ -30,11 +30,13 @@ def cell_row(cell: Cell, run_dir: Path, scratch: dict | None, threshold: float) 
            "final_score": summary["normalized_score"], "final_ci95": summary["normalized_score_ci95"],
            "steps_to_095": reached.env_steps if reached else None, "wall_s_to_095": reached.wall_s if reached else None,
            "env_steps_end": summary["env_steps"], "wall_s_end": summary["wall_s"],
-           "scratch_steps_to_095": None, "scratch_ratio": None, "scratch_note": "",
+           "scratch_steps_to_095": None, "scratch_best": None, "scratch_ratio": None, "scratch_note": "",
            # already at the threshold on the first evaluation: the true crossing may be earlier
            "reached_at_first_eval": bool(reached and reached is curve[0])}
     if scratch is not None:
         steps = scratch["env_steps_to_threshold"]
+        scores = [p["normalized_score"] for p in scratch.get("curve", []) if not math.isnan(p["normalized_score"])]
+        row["scratch_best"] = max(scores) if scores else None  # within its budget: Pong's DQN may not get far
         row["scratch_steps_to_095"] = steps
         if steps is None:
             row["scratch_note"] = f"not reached within {scratch['env_steps_end']} steps"
@@ -69,7 +71,7 @@ def _text(key: str, row: dict) -> str:
         return "not reached" if key in ("steps_to_095", "wall_s_to_095") else "–"
     if key in ("steps_to_095", "wall_s_to_095") and row.get("reached_at_first_eval"):
         return "≤ " + (f"{value:,}" if key == "steps_to_095" else f"{value:.1f}")
-    if key in ("final_score",):
+    if key in ("final_score", "scratch_best"):
         return f"{value:.3f}"
     if key == "teacher_pct":
         return f"{value:.2f}%"
