@@ -34,3 +34,18 @@ def test_bad_values_name_the_field(value):
     with pytest.raises(ConfigError) as info:
         load_config(None, [f"actors.envs_per_actor={value}"])
     assert "actors.envs_per_actor" in str(info.value)
+
+
+def test_an_actors_emulator_threads_follow_its_cpu_reservation(monkeypatch):
+    """Groups get the actor's CPUs (rounded up) split between them, never the host's cores: a
+    collector per CPU on a big node would otherwise run cores² threads."""
+    from kd_system.envs import vector
+    made = []
+    monkeypatch.setattr(vector.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(vector, "AleGroup", lambda env_id, size, seed, num_threads: made.append(num_threads))
+    for cpus, expected in ((None, 32), (1.0, 1), (0.25, 1), (4.0, 2), (8.5, 4), (200.0, 32)):
+        made.clear()
+        vector.actor_env_groups("ALE/Pong-v5", 64, 0, cpus)
+        assert made == [expected, expected], cpus
+    config = load_config(None, ["env.id=ALE/Pong-v5", "actors.num_cpus=3"])
+    assert collector_settings(config, actor_id=0).num_cpus == 3.0

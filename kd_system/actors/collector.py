@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from kd_system.actors.behaviour import ActingPolicy, TeacherShareSchedule, make_acting_policy
@@ -38,6 +37,7 @@ class CollectorSettings:
     teacher_share: TeacherShareSchedule = TeacherShareSchedule()
     limiter: SampleToInsertLimiter | None = None  # None: never wait before writing
     lookahead: LookaheadSettings | None = None  # set: label with the rollout-improved teacher
+    num_cpus: float | None = None  # the actor's Ray CPU reservation: bounds its emulator threads
 
 
 class Collector:
@@ -52,7 +52,8 @@ class Collector:
                                                    settings.seed, self.weights, student_spec, settings.teacher_share)
         self._steps_at_refresh = 0
         labeller = RolloutLabeller(self.teacher, settings.lookahead) if settings.lookahead is not None else None
-        self.loop = LabellingLoop(settings.env_id, settings.num_envs, settings.seed, self.teacher, self.acting, labeller)
+        self.loop = LabellingLoop(settings.env_id, settings.num_envs, settings.seed, self.teacher, self.acting, labeller,
+                                 settings.num_cpus)
         self.states_written = 0
         self._pending: list[LabelledStates] = []
         self._pending_states = 0

@@ -30,13 +30,14 @@ class _Group:
 
 class LabellingLoop:
     def __init__(self, env_id: str, num_envs: int, seed: int, teacher: FrozenPolicy, acting: ActingPolicy,
-                 labeller: RolloutLabeller | None = None):
-        """``labeller``: label with the rollout-improved teacher instead (actors/lookahead.py; classic envs)."""
+                 labeller: RolloutLabeller | None = None, cpus: float | None = None):
+        """``labeller``: label with the rollout-improved teacher instead (actors/lookahead.py; classic envs).
+        ``cpus``: the actor's CPU reservation, which bounds its emulator threads (envs.vector)."""
         self.teacher = teacher
         self.acting = acting
         self.labeller = labeller
         self.groups = [_Group(envs, envs.reset_obs, np.zeros(envs.num_envs))
-                       for envs in actor_env_groups(env_id, num_envs, seed)]
+                       for envs in actor_env_groups(env_id, num_envs, seed, cpus)]
         self._next = 0
         self.env_steps = 0
         self.finished_returns: list[float] = []

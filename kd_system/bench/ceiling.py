@@ -87,6 +87,7 @@ def measure_env(ctx: BenchContext, workers: CoreWorkers, log: Callable[[str], No
     threaded = vector_env_threads_itself(ctx.env_id)
     rates = {}
     for (processes, threads), count in itertools.product(env_layouts(ctx.env_id, ctx.cores), ENV_COUNTS):
+        threads = min(threads, count)  # idle emulator threads only add switching (atari.default_env_threads)
         jobs = [Job(env_loop, (ctx.env_id, count, ENV_SEED + 1000 * i, threads if threaded else None))
                 for i in range(processes)]
         key = f"{count} envs, {processes} process(es) x {threads} thread(s)"
@@ -116,10 +117,11 @@ def run_ceiling(ctx: BenchContext, log: Callable[[str], None]) -> dict[str, Any]
     engines = ctx.teacher_engines(log)
     states = np.ascontiguousarray(env_states(ctx.env_id, FORWARD_STATES, ENV_SEED),
                                   dtype=input_dtype(ctx.teacher.bundle.spec))
-    log(f"ceiling: {ctx.cores} worker processes; env {ctx.env_id} at {', '.join(map(str, ENV_COUNTS))} envs, "
+    most = max(processes for processes, _ in env_layouts(ctx.env_id, ctx.cores) + layouts(ctx.teacher.bundle, ctx.cores))
+    log(f"ceiling: {most} worker processes; env {ctx.env_id} at {', '.join(map(str, ENV_COUNTS))} envs, "
         f"forwards of {', '.join(engines)} at batch {', '.join(map(str, BATCHES))}, "
         f"{ctx.options.seconds:g} s windows after {ctx.options.warmup_s:g} s ...")
-    with CoreWorkers(2 * ctx.cores) as workers:  # env_layouts' two single-threaded processes per core
+    with CoreWorkers(most) as workers:
         env = measure_env(ctx, workers, log)
         figures = {}
         for name, engine in engines.items():

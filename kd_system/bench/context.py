@@ -52,7 +52,7 @@ class BenchOptions:
     env_id: str = DEFAULT_ENV
     teacher: str | None = None  # a checkpoint directory; None: the shipped one, else random weights
     seconds: float = 5.0  # each timed window
-    num_envs: int | None = None  # None: 16 for Atari, actors.envs_per_actor otherwise
+    num_envs: int | None = None  # None: a run's (actors.envs_per_actor auto: 64 for Atari, 8 otherwise)
     only: tuple[str, ...] = DEFAULT_SECTIONS
     json_path: str | None = None
     redis_url: str | None = None  # None: a private redis-server on a free port

@@ -12,6 +12,7 @@ collectors' writes are counted: a learner's sampling reads load the same Redis o
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -123,36 +124,35 @@ def _one_count(ctx: BenchContext, count: int) -> dict:
     cpus_per_node = max(1, ctx.cores // count)
     per_node = cpus_per_node  # one collector per CPU the node offers
     address = ctx.address(f"nodes-{count}")
-    client, table = redis.Redis.from_url(address.url), ReplayTable.from_address(address)
-    started = time.perf_counter()
-    idle_start = _sample(client, table)
-    cluster = _start_cluster(count, cpus_per_node)
-    try:
+    # every step's undo runs even if an earlier one raises (ExitStack), last made first undone
+    with contextlib.ExitStack() as undo:
+        undo.callback(clear_namespace, address)
+        client = redis.Redis.from_url(address.url)
+        undo.callback(client.close)
+        table = ReplayTable.from_address(address)
+        undo.callback(table.close)
+        started = time.perf_counter()
+        idle_start = _sample(client, table)
+        cluster = _start_cluster(count, cpus_per_node)
+        undo.callback(cluster.shutdown)
+        undo.callback(ray.shutdown)
         cluster_start_s = time.perf_counter() - started
-        handles = []
+        handles: list[Any] = []
+        undo.callback(stop_collectors, handles)
         for index in range(count):
             config = ctx.config.model_copy(update={"actors": ctx.config.actors.model_copy(update={
                 "num_cpus": cpus_per_node / per_node, "ray_resource": NODE_RESOURCE.format(index)})})
             # as a run makes them (topology.make_collector), with actor ids, so seeds, unique across nodes
             handles += [make_collector(config, index * per_node + j, 0, ctx.prepared, [address]) for j in range(per_node)]
-        try:
-            # the actors are constructed once they answer; their node is where Ray put them
-            placed = ray.get([h.node_id.remote() for h in handles])
-            wanted = _node_ids()
-            recording = [_Recording(h) for h in handles]
-            before = _sample(client, table)  # also the end of the idle stretch: no collector has written yet
-            measured = measure_collectors(recording, ctx.options.warmup_s, ctx.options.seconds)
-            after = _sample(client, table)
-            per_actor = [r.labelled() / measured["window_s"] for r in recording]
-        finally:
-            stop_collectors(handles)
+        # the actors are constructed once they answer; their node is where Ray put them
+        placed = ray.get([h.node_id.remote() for h in handles])
+        wanted = _node_ids()
+        recording = [_Recording(h) for h in handles]
+        before = _sample(client, table)  # also the end of the idle stretch: no collector has written yet
+        measured = measure_collectors(recording, ctx.options.warmup_s, ctx.options.seconds)
+        after = _sample(client, table)
+        per_actor = [r.labelled() / measured["window_s"] for r in recording]
         stats = table.stats()
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        table.close()
-        client.close()
-        clear_namespace(address)
     span = after.t - before.t
     idle_rate = (before.cpu_s - idle_start.cpu_s) / (before.t - idle_start.t)
     written = after.states_written - before.states_written

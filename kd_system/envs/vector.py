@@ -12,6 +12,7 @@ Seeding is that of one unsplit vector: sub-env i of the whole actor gets ``seed 
 """
 from __future__ import annotations
 
+import math
 import os
 
 import gymnasium as gym
@@ -83,8 +84,9 @@ EnvGroup = SyncGroup | AleGroup
 # An Atari actor's envs when actors.envs_per_actor is auto. Two groups of 32 give the teacher
 # batches of 32, where a Nature-CNN forward runs near its best (kd-system bench --only ceiling:
 # batch 8 / 32 / 128 at 3,961 / 5,767 / 6,480 states/s on the 2-core machine). Measured with
-# `kd-system bench --only system --num-envs N --collectors 2` on Pong there, 2026-12-07: 16 envs
-# 1,307 labelled states/s (0.57 of the hardware ceiling), 32: 1,636, 64: 2,244 (0.94), 128: 2,240.
+# `kd-system bench --only system --num-envs N --collectors 2` on Pong there, 2026-12-06/07: 16 envs
+# 1,307 labelled states/s, 32: 1,636, 64: 2,244, 128: 2,240 (README, Performance: the ratios to
+# the hardware ceiling).
 ATARI_ENVS_PER_ACTOR = 64
 CLASSIC_ENVS_PER_ACTOR = 8  # one synchronous Gymnasium vector; cheap envs, no overlap to feed
 
@@ -100,15 +102,19 @@ def atari_groups(num_envs: int) -> int:
     return 2 if num_envs >= 2 else 1
 
 
-def actor_env_groups(env_id: str, num_envs: int, seed: int) -> list[EnvGroup]:
-    """``num_envs`` envs for one actor, reset with ``seed`` and split into the groups it alternates."""
+def actor_env_groups(env_id: str, num_envs: int, seed: int, cpus: float | None = None) -> list[EnvGroup]:
+    """``num_envs`` envs for one actor, reset with ``seed`` and split into the groups it alternates.
+    ``cpus``: the actor's CPU reservation (None: the whole machine, as in-process)."""
     if not atari.is_atari_id(env_id):
         return [SyncGroup(env_id, num_envs, seed)]
     count = atari_groups(num_envs)
     sizes = [num_envs // count + (1 if g < num_envs % count else 0) for g in range(count)]
     # While one group emulates, the actor's thread runs the teacher on the other: leave the teacher
-    # a share of the cores instead of giving every group an emulator thread per core.
-    threads = max(1, len(os.sched_getaffinity(0)) // count)
+    # a share of the cores instead of giving every group an emulator thread per core. An actor's
+    # share is its reservation, not the host's cores: with a collector per CPU on a 64-core node,
+    # host-sized groups would run thousands of emulator threads, and a step waits for its slowest.
+    cores = len(os.sched_getaffinity(0))
+    threads = max(1, min(cores, math.ceil(cpus) if cpus else cores) // count)
     groups, first_seed = [], seed
     for size in sizes:
         groups.append(AleGroup(env_id, size, first_seed, num_threads=min(size, threads)))

@@ -118,7 +118,8 @@ def collector_settings(config: RunConfig, actor_id: int, task_index: int = 0,
                              teacher_share=TeacherShareSchedule(a.teacher_share_start, a.teacher_share_end,
                                                                 a.teacher_share_decay_updates),
                              limiter=limiter_of(config),
-                             lookahead=prepared.tasks[task_index].lookahead if prepared is not None else None)
+                             lookahead=prepared.tasks[task_index].lookahead if prepared is not None else None,
+                             num_cpus=float(a.num_cpus))
 
 
 def make_collector(config: RunConfig, actor_id: int, task_index: int, prepared: Prepared,
