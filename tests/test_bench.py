@@ -53,6 +53,14 @@ def test_store_and_learner_sections_on_cartpole(tmp_path, redis_url, capsys):
     assert "updates/s fed from the store" in table and "bytes/state" in table and "scaling" not in table
 
 
+def test_set_overrides_the_measured_learner(tmp_path, redis_url):
+    """--set reaches the components a section builds, as a GPU check's fp32-vs-bf16 pair needs."""
+    figures = bench(tmp_path, "--env", "CartPole-v1", "--seconds", "0.2", "--only", "learner", "--redis-url", redis_url,
+                    "--set", "learner.batch_size=64", "--set", "learner.precision=fp32")
+    assert figures["learner"]["batch_size"] == 64 and figures["learner"]["precision"] == "fp32"
+    assert figures["setup"]["overrides"] == ["learner.batch_size=64", "learner.precision=fp32"]
+
+
 def test_atari_store_section_with_a_random_nature_teacher(tmp_path, redis_url):
     figures = bench(tmp_path, "--seconds", "0.2", "--num-envs", "4", "--only", "store", "--redis-url", redis_url)
     assert figures["setup"]["env_id"] == "ALE/Pong-v5"  # the default env
@@ -92,6 +100,7 @@ def test_every_section_on_cartpole_with_its_own_redis_and_ray(tmp_path, capsys):
     (["--env", "CartPole-v1", "--teacher", "/nonexistent/teacher"], ["--teacher", "/nonexistent/teacher"]),
     (["--env", "Acrobot-v1", "--teacher", str(shipped_teacher_dir("CartPole-v1"))], ["--teacher", "Acrobot-v1"]),
     (["--env", "CartPole-v1", "--seconds", "0"], ["--seconds"]),
+    (["--env", "CartPole-v1", "--set", "learner.precision=fp64"], ["learner.precision"]),
 ])
 def test_bad_input_is_one_line(args, fragments, capsys):
     assert main(["bench", *args]) == 2

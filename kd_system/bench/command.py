@@ -81,7 +81,8 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
     results: dict = {"setup": {
         "env_id": ctx.env_id, "teacher": ctx.teacher.source, "teacher_params": ctx.teacher.params,
         "teacher_network": ctx.teacher.bundle.spec.network, "num_envs": ctx.num_envs, "seconds": options.seconds,
-        "warmup_s": options.warmup_s, "chunk_states": ctx.chunk_states, "sections": list(options.only)}}
+        "warmup_s": options.warmup_s, "chunk_states": ctx.chunk_states, "sections": list(options.only),
+        "overrides": list(options.overrides)}}
     started_ray = False
     try:
         if REDIS_SECTIONS & set(options.only):
@@ -132,7 +133,8 @@ def _bench(args: argparse.Namespace) -> int:
     options = BenchOptions(env_id=args.env, teacher=args.teacher, seconds=args.seconds, num_envs=args.num_envs,
                            only=parse_only(args.only), json_path=args.json, redis_url=args.redis_url,
                            torch_threads=args.torch_threads, student=args.student,
-                           engines=parse_engines(args.engines), collectors=parse_counts(args.collectors))
+                           engines=parse_engines(args.engines), collectors=parse_counts(args.collectors),
+                           overrides=tuple(args.set))
     results = run_bench(options)
     print(render(results), flush=True)
     if args.json:
@@ -155,6 +157,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--only", metavar="SECTIONS", help=f"comma-separated subset of {','.join(SECTIONS)} "
                                                     f"(default: {','.join(DEFAULT_SECTIONS)})")
     p.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run's config for the measured components, e.g. learner.precision=fp32 "
+                        "(repeatable; env.id, actors.envs_per_actor and actors.torch_threads come from the options)")
     p.add_argument("--redis-url", help="use this Redis (default: start a private redis-server on a free port)")
     p.add_argument("--torch-threads", type=int, help="torch threads of the single actor, the ideal and the naive "
                                                      "loop (default: actors.torch_threads, 1; scaling divides them among actors)")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from kd_system.actors.collector import Collector
-from kd_system.config import PACKAGE_DIR, ActorConfig, EnvConfig, RunConfig, StoreConfig
+from kd_system.config import PACKAGE_DIR, ActorConfig, EnvConfig, StoreConfig, load_config
 from kd_system.envs.make import EnvSpaces, check_env_id, env_spaces
 from kd_system.envs.vector import envs_per_actor
 from kd_system.errors import CheckpointError, ConfigError, StoreError
@@ -63,6 +63,7 @@ class BenchOptions:
     student: str | None = None  # inference section: a student checkpoint instead of random init
     engines: tuple[str, ...] = ("torch",)  # ceiling and system: teacher engines (engine_choice.parse_engines)
     collectors: tuple[int, ...] | None = None  # system: collector counts; None: one and two per core
+    overrides: tuple[str, ...] = ()  # --set KEY=VALUE on a run's default config, e.g. learner.precision=fp32
 
     @property
     def warmup_s(self) -> float:
@@ -167,8 +168,9 @@ class BenchContext:
         self.cores = len(os.sched_getaffinity(0))
         self.threads = options.torch_threads or ActorConfig().torch_threads
         self.num_envs = options.num_envs or envs_per_actor(ActorConfig().envs_per_actor, self.env_id)  # a run's default
-        # A real run's settings; only the envs per actor and torch threads come from the options.
-        defaults = RunConfig()
+        # A real run's settings (with --set's overrides, checked as a run checks them); the env, the
+        # envs per actor and the actors' torch threads come from the options.
+        defaults = load_config(None, list(options.overrides))
         self.config = defaults.model_copy(update={
             "env": EnvConfig(id=self.env_id),
             "actors": defaults.actors.model_copy(update={"envs_per_actor": self.num_envs, "torch_threads": self.threads})})
