@@ -17,7 +17,6 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import ray
@@ -49,26 +48,6 @@ def _sample(client: redis.Redis, table: ReplayTable) -> RedisSample:
     cpu, stats = client.info("cpu"), client.info("stats")
     return RedisSample(time.perf_counter(), float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
                        int(stats["total_net_input_bytes"]), table.stats()["states_written"])
-
-
-class _Recording:
-    """Stands in for a collector's handle in measure_collectors, which sums its collectors' counts:
-    it passes each ``collect`` call on and keeps the results' refs, so this collector's own count
-    over the same window (first result, the warm-up, to last) can be read back afterwards."""
-
-    def __init__(self, handle: Any):
-        self._handle = handle
-        self.refs: list[Any] = []
-        self.collect = SimpleNamespace(remote=self._remote)
-
-    def _remote(self, duration_s: float) -> Any:
-        ref = self._handle.collect.remote(duration_s)
-        self.refs.append(ref)
-        return ref
-
-    def labelled(self) -> int:
-        first, last = ray.get([self.refs[0], self.refs[-1]])
-        return last.env_steps - first.env_steps
 
 
 def redis_capacity(node_states_per_s: float, redis_cpu_s_per_state: float | None, wire_bytes_per_state: float,
@@ -147,11 +126,10 @@ def _one_count(ctx: BenchContext, count: int) -> dict:
         # the actors are constructed once they answer; their node is where Ray put them
         placed = ray.get([h.node_id.remote() for h in handles])
         wanted = _node_ids()
-        recording = [_Recording(h) for h in handles]
         before = _sample(client, table)  # also the end of the idle stretch: no collector has written yet
-        measured = measure_collectors(recording, ctx.options.warmup_s, ctx.options.seconds)
+        measured = measure_collectors(handles, ctx.options.warmup_s, ctx.options.seconds)
         after = _sample(client, table)
-        per_actor = [r.labelled() / measured["window_s"] for r in recording]
+        per_actor = measured["labelled_states_per_s_by_collector"]
         stats = table.stats()
     span = after.t - before.t
     idle_rate = (before.cpu_s - idle_start.cpu_s) / (before.t - idle_start.t)

@@ -76,4 +76,5 @@ def measure_collectors(collectors: list[Any], warmup_s: float, window_s: float) 
             / (elapsed * len(collectors)) for part in TIMED_PARTS}
     return {"states_per_s": states / elapsed, "states": states, "window_s": elapsed,
             "labelled_states_per_s": labelled / elapsed,
+            "labelled_states_per_s_by_collector": [(a.env_steps - b.env_steps) / elapsed for a, b in zip(after, before)],
             "time_fractions": {**busy, "other": max(0.0, 1.0 - sum(busy.values()))}}
