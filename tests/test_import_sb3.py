@@ -27,6 +27,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: 
 
 from kd_system.envs.make import EnvSpaces, env_spaces  # noqa: E402
 from kd_system.errors import CheckpointError  # noqa: E402
+from kd_system.experiments.sb3_logger import without_sb3_logger  # noqa: E402
 from kd_system.policies.files import PolicySpec, module_from_bytes  # noqa: E402
 from kd_system.teachers.imports.records import COMPARE_LOG_PROBS, Converted, ImportOptions  # noqa: E402
 from kd_system.teachers.imports import sb3 as sb3_module  # noqa: E402
@@ -110,7 +111,8 @@ TEACHERS = {
 @pytest.mark.parametrize("name", list(TEACHERS))
 def test_mlp_teachers_match_the_library(name, tmp_path, cartpole_states):
     cls, algorithm, kind, kwargs, steps = TEACHERS[name]
-    cls("MlpPolicy", "CartPole-v1", seed=0, device="cpu", **kwargs).learn(steps).save(tmp_path / "model.zip")
+    without_sb3_logger(cls("MlpPolicy", "CartPole-v1", seed=0, device="cpu", **kwargs)).learn(steps).save(
+        tmp_path / "model.zip")
     converted = convert(tmp_path / "model.zip", CARTPOLE, ImportOptions(env_id="CartPole-v1"))
     model = cls.load(tmp_path / "model.zip", device="cpu")
     diff = assert_parity(converted, CARTPOLE, model, cartpole_states)
@@ -133,8 +135,8 @@ def test_mlp_teachers_match_the_library(name, tmp_path, cartpole_states):
 def vecnormalized(tmp_path_factory):
     folder = tmp_path_factory.mktemp("vecnorm")
     venv = VecNormalize(DummyVecEnv([lambda: gym.make("CartPole-v1")]), clip_obs=5.0)
-    PPO("MlpPolicy", venv, n_steps=128, batch_size=64, n_epochs=1, seed=0, device="cpu").learn(256).save(
-        folder / "model.zip")
+    without_sb3_logger(PPO("MlpPolicy", venv, n_steps=128, batch_size=64, n_epochs=1, seed=0, device="cpu")).learn(
+        256).save(folder / "model.zip")
     venv.save(folder / "vecnormalize.pkl")
     return folder
 

@@ -28,6 +28,7 @@ import torch
 from kd_system.bench.atari_measure import single_steps_per_s
 from kd_system.envs.atari import TEACHER_TRAINING
 from kd_system.envs.make import make_training_env
+from kd_system.experiments.sb3_logger import without_sb3_logger
 from kd_system.policies.networks import build_network, cnn_spec
 
 ENV_ID = "ALE/Pong-v5"
@@ -113,7 +114,7 @@ def sb3_rate(learning: bool, steps: int) -> float:
     model = DQN("CnnPolicy", make_training_env(ENV_ID), buffer_size=20_000, learning_rate=1e-4, batch_size=BATCH,
                 learning_starts=warm if learning else 10**9, train_freq=UPDATE_EVERY, gradient_steps=1,
                 target_update_interval=1000, n_steps=3, seed=0, device="cpu", verbose=0)
-    model.learn(total_timesteps=warm + steps, callback=Clock())
+    without_sb3_logger(model).learn(total_timesteps=warm + steps, callback=Clock())
     return steps / (time.perf_counter() - marks["start"])
 
 

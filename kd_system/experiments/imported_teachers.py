@@ -36,11 +36,13 @@ def train_sb3_dqn(path: Path, seed: int) -> None:
     from stable_baselines3 import DQN
     from stable_baselines3.common.callbacks import EvalCallback
     from stable_baselines3.common.env_util import make_vec_env
+
+    from kd_system.experiments.sb3_logger import without_sb3_logger
     model = DQN("MlpPolicy", ENV, seed=seed, verbose=0, **RL_ZOO_DQN)
     with tempfile.TemporaryDirectory() as tmp:
         best = EvalCallback(make_vec_env(ENV, n_envs=1, seed=seed + 1), best_model_save_path=tmp, eval_freq=5000,
                             n_eval_episodes=10, deterministic=True, verbose=0)
-        model.learn(total_timesteps=50_000, callback=best)
+        without_sb3_logger(model).learn(total_timesteps=50_000, callback=best)
         Path(tmp, "best_model.zip").replace(path)
 
 

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from kd_system.envs.make import make_training_env
 from kd_system.evaluation.episodes import run_episodes
+from kd_system.experiments.sb3_logger import without_sb3_logger
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 learning_starts=resumed_at + args.learning_starts, target_update_interval=1000, train_freq=4,
                 gradient_steps=1, exploration_fraction=args.explore_steps / args.total_steps,
                 exploration_final_eps=0.01, seed=args.seed + len(state["resumes"]), device="cpu", verbose=0)
+    without_sb3_logger(model)
     if resumed_at:
         weights = load_file(ckpt / "q_net.safetensors")
         model.q_net.load_state_dict(weights)
