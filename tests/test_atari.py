@@ -336,3 +336,29 @@ def test_labelling_loop_overlaps_two_env_groups_with_the_same_seeds_as_one_vecto
     finally:
         loop.close()
         whole.close()
+
+
+def test_one_env_group_labels_the_whole_vector_in_turns():
+    """actors.env_groups 1: the actor emulates and labels in turns, each step the whole vector, and
+    the env steps are counted as soon as a step returns. The states match an unsplit vector's."""
+    from kd_system.actors.behaviour import make_acting_policy
+    from kd_system.actors.labelling import LabellingLoop
+
+    torch.manual_seed(0)
+    module = build_network(TINY_TEACHER_NET, OBS_SHAPE, 6)
+    spec = PolicySpec("teacher", PONG, OBS_SHAPE, "uint8", 6, "q", TINY_TEACHER_NET, count_parameters(module))
+    teacher = FrozenPolicy.from_bundle(PolicyBundle.from_module(spec, module))
+    loop = LabellingLoop(PONG, 5, 7, teacher, make_acting_policy("teacher", 0.0, 6, 0), cpus=1, groups=1)
+    whole = make_atari_vector_env(PONG, 5, seed=7)
+    try:
+        assert [len(g.obs) for g in loop.groups] == [5]
+        expected = whole.reset(seed=7)[0]
+        for step in range(3):
+            states, outputs, actions = loop.step()
+            np.testing.assert_array_equal(states, expected)
+            assert loop.env_steps == 5 * (step + 1)
+            expected = whole.step(actions)[0]
+    finally:
+        loop.close()
+        whole.close()
+

@@ -30,22 +30,28 @@ def test_shipped_atari_configs_use_auto():
 
 
 @pytest.mark.parametrize("value", ["0", "many", "true", "2.5"])
-def test_bad_values_name_the_field(value):
+@pytest.mark.parametrize("field", ["envs_per_actor", "env_groups"])
+def test_bad_values_name_the_field(field, value):
     with pytest.raises(ConfigError) as info:
-        load_config(None, [f"actors.envs_per_actor={value}"])
-    assert "actors.envs_per_actor" in str(info.value)
+        load_config(None, [f"actors.{field}={value}"])
+    assert f"actors.{field}" in str(info.value)
 
 
-def test_an_actors_emulator_threads_follow_its_cpu_reservation(monkeypatch):
+def test_an_actors_groups_and_emulator_threads_follow_its_cpu_reservation(monkeypatch):
     """Groups get the actor's CPUs (rounded up) split between them, never the host's cores: a
-    collector per CPU on a big node would otherwise run cores² threads."""
+    collector per CPU on a big node would otherwise run cores² threads. ``actors.env_groups``
+    chooses one group or two."""
     from kd_system.envs import vector
     made = []
     monkeypatch.setattr(vector.os, "sched_getaffinity", lambda pid: set(range(64)))
-    monkeypatch.setattr(vector, "AleGroup", lambda env_id, size, seed, num_threads: made.append(num_threads))
-    for cpus, expected in ((None, 32), (1.0, 1), (0.25, 1), (4.0, 2), (8.5, 4), (200.0, 32)):
+    monkeypatch.setattr(vector, "AleGroup", lambda env_id, size, seed, num_threads: made.append((size, num_threads)))
+    for cpus, groups, expected in ((None, None, [(32, 32)] * 2), (1.0, None, [(32, 1)] * 2), (0.25, None, [(32, 1)] * 2),
+                                   (4.0, None, [(32, 2)] * 2), (8.5, None, [(32, 4)] * 2), (200.0, None, [(32, 32)] * 2),
+                                   (1.0, 1, [(64, 1)]), (4.0, 1, [(64, 4)]), (4.0, 2, [(32, 2)] * 2)):
         made.clear()
-        vector.actor_env_groups("ALE/Pong-v5", 64, 0, cpus)
-        assert made == [expected, expected], cpus
+        vector.actor_env_groups("ALE/Pong-v5", 64, 0, cpus, groups)
+        assert made == expected, (cpus, groups)
     config = load_config(None, ["env.id=ALE/Pong-v5", "actors.num_cpus=3"])
     assert collector_settings(config, actor_id=0).num_cpus == 3.0
+    assert collector_settings(config, actor_id=0).env_groups is None
+    assert collector_settings(load_config(None, ["actors.env_groups=1"]), actor_id=0).env_groups == 1

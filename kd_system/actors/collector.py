@@ -38,6 +38,7 @@ class CollectorSettings:
     limiter: SampleToInsertLimiter | None = None  # None: never wait before writing
     lookahead: LookaheadSettings | None = None  # set: label with the rollout-improved teacher
     num_cpus: float | None = None  # the actor's Ray CPU reservation: bounds its emulator threads
+    env_groups: int | None = None  # Atari env groups (envs.vector); None: from num_cpus
 
 
 class Collector:
@@ -53,7 +54,7 @@ class Collector:
         self._steps_at_refresh = 0
         labeller = RolloutLabeller(self.teacher, settings.lookahead) if settings.lookahead is not None else None
         self.loop = LabellingLoop(settings.env_id, settings.num_envs, settings.seed, self.teacher, self.acting, labeller,
-                                 settings.num_cpus)
+                                 settings.num_cpus, settings.env_groups)
         self.states_written = 0
         self._pending: list[LabelledStates] = []
         self._pending_states = 0

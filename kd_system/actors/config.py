@@ -21,6 +21,10 @@ class ActorConfig(Section):
     envs_per_actor: typing.Annotated[StrictInt, Field(ge=1)] | Literal["auto"] = Field("auto", description=(
         "vectorised envs stepped together by each actor; auto: 64 for Atari (the teacher's batches then run "
         "near its best forward rate), 8 otherwise (kd_system/envs/vector.py)"))
+    env_groups: Literal[1, 2, "auto"] = Field("auto", description=(
+        "Atari: groups an actor's envs step in; with 2 the teacher labels one while the other emulates, "
+        "with 1 they take turns. auto: 2, the faster on the 2-core machine even with one CPU per actor "
+        "(kd_system/envs/vector.py)"))
     epsilon: Number = Field(0.05, ge=0, le=1, description="the acting policy explores with this probability")
     acting: ActingMode = Field("teacher", description=(
         "who picks actions (kd_system/actors/behaviour.py); the teacher labels every state"))
@@ -45,6 +49,13 @@ class ActorConfig(Section):
     @classmethod
     def _envs_or_auto(cls, value: object) -> object:
         return count_or_auto(value, "actors.envs_per_actor", 1)
+
+    @field_validator("env_groups", mode="before")
+    @classmethod
+    def _groups(cls, value: object) -> object:
+        if value not in ("auto", 1, 2) or isinstance(value, bool):
+            raise ValueError(f"actors.env_groups {value!r}: use 1, 2 or auto")
+        return value
 
     @field_validator("acting", mode="before")
     @classmethod

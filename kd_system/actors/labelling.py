@@ -2,8 +2,8 @@
 teacher forward, pick actions. Ray- and Redis-free, so the collector and the benchmark's
 in-process ideal run exactly the same loop.
 
-The envs come in groups (envs.vector) that step in two halves, ``send`` then ``recv``; the loop
-labels the next group while the one it just sent is stepping. How many groups there are and
+The envs come in groups (envs.vector) that step in two halves, ``send`` then ``recv``; with two
+groups the loop labels the next group while the one it just sent is stepping, with one it waits. How many groups there are and
 whether a send returns at once (Atari's threaded emulator) or steps in place (classic control)
 is the envs' business.
 """
@@ -30,14 +30,15 @@ class _Group:
 
 class LabellingLoop:
     def __init__(self, env_id: str, num_envs: int, seed: int, teacher: FrozenPolicy, acting: ActingPolicy,
-                 labeller: RolloutLabeller | None = None, cpus: float | None = None):
+                 labeller: RolloutLabeller | None = None, cpus: float | None = None, groups: int | None = None):
         """``labeller``: label with the rollout-improved teacher instead (actors/lookahead.py; classic envs).
-        ``cpus``: the actor's CPU reservation, which bounds its emulator threads (envs.vector)."""
+        ``cpus``: the actor's CPU reservation, which bounds its emulator threads; ``groups``: Atari env
+        groups, None to choose from ``cpus`` (envs.vector)."""
         self.teacher = teacher
         self.acting = acting
         self.labeller = labeller
         self.groups = [_Group(envs, envs.reset_obs, np.zeros(envs.num_envs))
-                       for envs in actor_env_groups(env_id, num_envs, seed, cpus)]
+                       for envs in actor_env_groups(env_id, num_envs, seed, cpus, groups)]
         self._next = 0
         self.env_steps = 0
         self.finished_returns: list[float] = []

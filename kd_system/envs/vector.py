@@ -4,9 +4,10 @@ to know nothing about the kind of env behind it.
 
 Atari: the envs are split into two groups of ale-py's threaded vector env. While ALE's C++
 threads emulate one group's frames (``send`` returns at once), the actor's thread runs the
-teacher on the other group's states, so on a 2-core machine emulation and inference share the
-cores instead of taking turns. Classic-control envs are one synchronous Gymnasium vector whose
-``send`` steps at once: they are too cheap for an overlap to gain anything.
+teacher on the other group's states, so emulation and inference share the cores instead of taking
+turns. ``actors.env_groups: 1`` keeps one group, which takes turns. Classic-control envs are one
+synchronous Gymnasium vector whose ``send`` steps at once: they are too cheap for an overlap to
+gain anything.
 
 Seeding is that of one unsplit vector: sub-env i of the whole actor gets ``seed + i``.
 """
@@ -99,24 +100,35 @@ def envs_per_actor(setting: int | str, env_id: str) -> int:
 
 
 def atari_groups(num_envs: int) -> int:
+    """Two groups, even for an actor of one CPU whose collectors fill every core: measured on the
+    2-core machine (2026-12-07) with `kd-system bench --only system --engines onnxruntime-int8
+    --collectors 2 --set actors.env_groups=G`, run G = 2, 1, 2, 1 one after another, two groups
+    labelled 1,835 / 1,812 states/s with the torch teacher against one group's 1,714 / 1,503, and
+    3,172 / 2,724 with int8 against 2,762 / 2,114. (Two plain processes running this loop, with no
+    Ray, Redis or epsilon, had shown the opposite, one group ahead by about 1.1x: the system's own
+    figures decide.)"""
     return 2 if num_envs >= 2 else 1
 
 
-def actor_env_groups(env_id: str, num_envs: int, seed: int, cpus: float | None = None) -> list[EnvGroup]:
+def actor_env_groups(env_id: str, num_envs: int, seed: int, cpus: float | None = None,
+                     groups: int | None = None) -> list[EnvGroup]:
     """``num_envs`` envs for one actor, reset with ``seed`` and split into the groups it alternates.
-    ``cpus``: the actor's CPU reservation (None: the whole machine, as in-process)."""
+    ``cpus``: the actor's CPU reservation (None: the whole machine, as in-process); ``groups``: 1 or 2
+    (``actors.env_groups``), None for ``atari_groups``' choice."""
     if not atari.is_atari_id(env_id):
         return [SyncGroup(env_id, num_envs, seed)]
-    count = atari_groups(num_envs)
+    # An actor's share is its reservation, not the host's cores: with a collector per CPU on a
+    # 64-core node, host-sized groups would run thousands of emulator threads, and a step waits for
+    # its slowest.
+    cores = len(os.sched_getaffinity(0))
+    usable = min(cores, math.ceil(cpus) if cpus else cores)
+    count = min(groups, num_envs) if groups else atari_groups(num_envs)
     sizes = [num_envs // count + (1 if g < num_envs % count else 0) for g in range(count)]
     # While one group emulates, the actor's thread runs the teacher on the other: leave the teacher
-    # a share of the cores instead of giving every group an emulator thread per core. An actor's
-    # share is its reservation, not the host's cores: with a collector per CPU on a 64-core node,
-    # host-sized groups would run thousands of emulator threads, and a step waits for its slowest.
-    cores = len(os.sched_getaffinity(0))
-    threads = max(1, min(cores, math.ceil(cpus) if cpus else cores) // count)
-    groups, first_seed = [], seed
+    # a share of the cores instead of giving every group an emulator thread per core.
+    threads = max(1, usable // count)
+    made, first_seed = [], seed
     for size in sizes:
-        groups.append(AleGroup(env_id, size, first_seed, num_threads=min(size, threads)))
+        made.append(AleGroup(env_id, size, first_seed, num_threads=min(size, threads)))
         first_seed += size  # sub-env i of the whole vector gets seed + i, as unsplit
-    return groups
+    return made

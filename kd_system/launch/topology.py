@@ -119,7 +119,7 @@ def collector_settings(config: RunConfig, actor_id: int, task_index: int = 0,
                                                                 a.teacher_share_decay_updates),
                              limiter=limiter_of(config),
                              lookahead=prepared.tasks[task_index].lookahead if prepared is not None else None,
-                             num_cpus=float(a.num_cpus))
+                             num_cpus=float(a.num_cpus), env_groups=None if a.env_groups == "auto" else a.env_groups)
 
 
 def make_collector(config: RunConfig, actor_id: int, task_index: int, prepared: Prepared,
