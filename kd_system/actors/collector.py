@@ -38,7 +38,7 @@ class CollectorSettings:
     limiter: SampleToInsertLimiter | None = None  # None: never wait before writing
     lookahead: LookaheadSettings | None = None  # set: label with the rollout-improved teacher
     num_cpus: float | None = None  # the actor's Ray CPU reservation: bounds its emulator threads
-    env_groups: int | None = None  # Atari env groups (envs.vector); None: from num_cpus
+    env_groups: int | None = None  # Atari env groups, 1 or 2 (envs.vector); None: auto
 
 
 class Collector:

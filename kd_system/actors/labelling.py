@@ -3,9 +3,9 @@ teacher forward, pick actions. Ray- and Redis-free, so the collector and the ben
 in-process ideal run exactly the same loop.
 
 The envs come in groups (envs.vector) that step in two halves, ``send`` then ``recv``; with two
-groups the loop labels the next group while the one it just sent is stepping, with one it waits. How many groups there are and
-whether a send returns at once (Atari's threaded emulator) or steps in place (classic control)
-is the envs' business.
+groups the loop labels the next group while the one it just sent is stepping, with one it waits.
+How many groups there are and whether a send returns at once (Atari's threaded emulator) or steps
+in place (classic control) is the envs' business.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class LabellingLoop:
                  labeller: RolloutLabeller | None = None, cpus: float | None = None, groups: int | None = None):
         """``labeller``: label with the rollout-improved teacher instead (actors/lookahead.py; classic envs).
         ``cpus``: the actor's CPU reservation, which bounds its emulator threads; ``groups``: Atari env
-        groups, None to choose from ``cpus`` (envs.vector)."""
+        groups, 1 or 2, None for the default (envs.vector)."""
         self.teacher = teacher
         self.acting = acting
         self.labeller = labeller
