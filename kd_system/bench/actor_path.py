@@ -37,7 +37,7 @@ def ideal_rate(ctx: BenchContext) -> float:
     with torch_threads(ctx.threads):
         teacher = FrozenPolicy.from_bundle(ctx.teacher.bundle)
         acting = make_acting_policy("teacher", settings.epsilon, ctx.spaces.num_actions, settings.seed)
-        loop = LabellingLoop(ctx.env_id, ctx.num_envs, settings.seed, teacher, acting)
+        loop = LabellingLoop(ctx.env_id, ctx.num_envs, settings.seed, teacher, acting, groups=settings.env_groups)
 
         def step() -> int:
             return len(loop.step()[2])
