@@ -4,6 +4,8 @@ positive rates and finite ratios that agree with the sections' own figures; the 
 the fastest one meeting the agreement floor. No timing asserts: rates depend on the machine."""
 import json
 import math
+import multiprocessing
+import statistics
 
 import pytest
 
@@ -60,6 +62,21 @@ def test_the_headline_engine_is_the_fastest_that_meets_the_floor():
     assert choose_engine({"x": {"agreement": 0.5, "forward_states_per_s": 1.0}}, FLOOR, "forward_states_per_s") is None
 
 
+def test_paired_rounds_give_the_headline_ratios():
+    """Medians of per-round ratios replace the sweeps' ratios; the sweeps' rates stay as they are."""
+    ceiling_section, system_section = sections(torch=figures(1.0, 1000.0, 500.0, 400.0),
+                                               onnxruntime=figures(1.0, 2000.0, 600.0, 540.0))
+    paired = {"rounds": 3, "engines": {
+        "torch": {"system_vs_ceiling": 0.93, "forward_speedup": 1.0, "system_speedup": 1.0},
+        "onnxruntime": {"system_vs_ceiling": 0.91, "forward_speedup": 2.1, "system_speedup": 1.3}}}
+    top = headline(ceiling_section, system_section, FLOOR, paired)
+    assert top["engine"] == "onnxruntime" and top["vs_ceiling_from"] == "median of 3 paired rounds"
+    assert (top["system_vs_ceiling"], top["engine_system_vs_ceiling"]) == (0.93, 0.91)
+    assert (top["engine_forward_speedup"], top["engine_speedup"]) == (2.1, 1.3)
+    assert (top["ceiling_states_per_s"], top["system_states_per_s"]) == (500.0, 400.0)
+    assert headline(ceiling_section, system_section, FLOOR)["vs_ceiling_from"] == "sweeps"
+
+
 def test_engines_option():
     assert parse_engines(None) == ("torch",)
     assert parse_engines("onnxruntime-int8,onnxruntime") == ("torch", "onnxruntime", "onnxruntime-int8")
@@ -71,14 +88,18 @@ def test_engines_option():
 def check_headline(result: dict) -> None:
     for key in HEADLINE:
         assert math.isfinite(result[key]) and result[key] > 0, key
-    ceil, system = result["ceiling"], result["system"]
+    ceil, system, paired = result["ceiling"], result["system"], result.get("paired")
     chosen = result["engine"]
     assert ceil["engines"][chosen]["meets_floor"] and result["engine_agreement"] >= FLOOR
-    assert result["system_vs_ceiling"] == pytest.approx(result["system_states_per_s"] / result["ceiling_states_per_s"])
-    assert result["engine_forward_speedup"] == pytest.approx(
-        ceil["engines"][chosen]["forward_states_per_s"] / ceil["engines"]["torch"]["forward_states_per_s"])
-    assert result["engine_speedup"] == pytest.approx(
-        system["engines"][chosen]["states_per_s"] / system["engines"]["torch"]["states_per_s"])
+    if paired is None:
+        assert result["vs_ceiling_from"] == "sweeps"
+        assert result["system_vs_ceiling"] == pytest.approx(result["system_states_per_s"] / result["ceiling_states_per_s"])
+        assert result["engine_forward_speedup"] == pytest.approx(
+            ceil["engines"][chosen]["forward_states_per_s"] / ceil["engines"]["torch"]["forward_states_per_s"])
+        assert result["engine_speedup"] == pytest.approx(
+            system["engines"][chosen]["states_per_s"] / system["engines"]["torch"]["states_per_s"])
+    else:
+        check_paired(result)
     env = ceil["env"]["steps_per_s"]
     for name, figures_ in ceil["engines"].items():
         forward = figures_["forward_states_per_s"]
@@ -89,12 +110,35 @@ def check_headline(result: dict) -> None:
         assert result["vs_ceiling"][key] == result[key] and isinstance(result["meets"][key], bool)
 
 
+def check_paired(result: dict) -> None:
+    """Every round of every engine has its own windows, and the headline ratios are their medians."""
+    paired, chosen = result["paired"], result["engine"]
+    assert result["vs_ceiling_from"] == f"median of {paired['rounds']} paired rounds"
+    assert set(paired["engines"]) == set(result["system"]["engines"])
+    torch = paired["engines"]["torch"]["rounds"]
+    for name, e in paired["engines"].items():
+        assert len(e["rounds"]) == paired["rounds"] == result["setup"]["rounds"]
+        for r in e["rounds"]:
+            assert r["ceiling_states_per_s"] == pytest.approx(1 / (1 / r["env_steps_per_s"] + 1 / r["forward_states_per_s"]))
+            assert r["system_vs_ceiling"] == pytest.approx(r["system_states_per_s"] / r["ceiling_states_per_s"])
+        assert e["system_vs_ceiling"] == pytest.approx(statistics.median(r["system_vs_ceiling"] for r in e["rounds"]))
+        assert e["forward_speedup"] == pytest.approx(statistics.median(
+            r["forward_states_per_s"] / t["forward_states_per_s"] for r, t in zip(e["rounds"], torch)))
+    assert result["system_vs_ceiling"] == paired["engines"]["torch"]["system_vs_ceiling"]
+    assert result["engine_system_vs_ceiling"] == paired["engines"][chosen]["system_vs_ceiling"]
+    assert result["engine_forward_speedup"] == paired["engines"][chosen]["forward_speedup"]
+    assert result["engine_speedup"] == paired["engines"][chosen]["system_speedup"]
+
+
 @pytest.mark.slow
 def test_ceiling_and_system_on_cartpole_with_an_engine_below_the_floor(tmp_path, capsys):
     """The int8 CartPole MLP disagrees with fp32 on a few per cent of states: measured, not chosen."""
     result = bench(tmp_path, "--env", "CartPole-v1", "--only", "ceiling,system", "--seconds", "0.2",
-                   "--collectors", "1", "--engines", "onnxruntime-int8")
+                   "--collectors", "1", "--engines", "onnxruntime-int8", "--rounds", "2")
     check_headline(result)
+    assert result["paired"]["rounds"] == 2  # the second round times the system first
+    # the ceiling's timing processes are kept for the rounds, and closed when the bench ends
+    assert not [p for p in multiprocessing.active_children() if p.name == "kd-bench-core"]
     int8 = result["ceiling"]["engines"]["onnxruntime-int8"]
     assert int8["heldout_states"] > 0 and 0 <= int8["agreement"] <= 1 and int8["kl"] >= 0
     if not int8["meets_floor"]:
@@ -102,6 +146,7 @@ def test_ceiling_and_system_on_cartpole_with_an_engine_below_the_floor(tmp_path,
     assert result["ceiling"]["env"]["processes"] == result["ceiling"]["cores"]  # Gymnasium: a process per core
     table = capsys.readouterr().out
     assert "hardware ceiling, torch" in table and "onnxruntime-int8" in table
+    assert "median of 2 rounds" in table and "paired torch: system / ceiling per round" in table
 
 
 @pytest.mark.slow
@@ -109,8 +154,9 @@ def test_ceiling_and_system_on_pong_with_a_random_nature_teacher(tmp_path, monke
     monkeypatch.setattr(ceiling, "ENV_COUNTS", (4,))  # sizes only: ROM loads are the slow part here
     monkeypatch.setattr(ceiling, "BATCHES", (8,))
     result = bench(tmp_path, "--only", "feed,ceiling,system", "--seconds", "0.3", "--num-envs", "4",
-                   "--collectors", "1", "--engines", "onnxruntime")
+                   "--collectors", "1", "--engines", "onnxruntime", "--rounds", "0")
     check_headline(result)
+    assert "paired" not in result  # --rounds 0: the sweeps' own ratios
     check_feed(result)
     assert result["setup"]["env_id"] == "ALE/Pong-v5"  # the default env
     if not shipped_teacher_dir("ALE/Pong-v5").is_dir():
@@ -145,7 +191,8 @@ def test_feed_section_on_cartpole(tmp_path, redis_url, capsys):
 
 @pytest.mark.parametrize("args, fragment", [(["--engines", "tensorrt"], "--engines"),
                                             (["--collectors", "0"], "--collectors"),
-                                            (["--collectors", "two"], "--collectors")])
+                                            (["--collectors", "two"], "--collectors"),
+                                            (["--rounds", "-1"], "--rounds")])
 def test_bad_engine_or_collector_options_are_one_line(args, fragment, capsys):
     assert main(["bench", "--env", "CartPole-v1", "--only", "system", *args]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]

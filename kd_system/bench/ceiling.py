@@ -15,7 +15,8 @@
 - The ceiling: both sharing the cores perfectly, 1 / (1/env + 1/forward) labelled states/s.
 
 Every rate is timed in spawned worker processes (bench/core_workers.py), so the parent's own
-threads, Redis client and Ray (not started yet) take no part.
+threads, Redis client and Ray (not started yet) take no part. They stay up until the bench ends:
+the paired rounds (bench/paired.py) time the chosen layouts again in them, beside the system.
 """
 from __future__ import annotations
 
@@ -83,13 +84,28 @@ def layouts(bundle: PolicyBundle, cores: int) -> list[tuple[int, int]]:
     return sorted({(cores, 1)} | (set() if single_threaded else {(1, cores)}))
 
 
-def measure_env(ctx: BenchContext, workers: CoreWorkers, log: Callable[[str], None]) -> dict[str, Any]:
+def env_jobs(ctx: BenchContext, count: int, processes: int, threads: int) -> list[Job]:
+    """``processes`` vector envs of ``count`` envs, each with ``threads`` emulator threads (ale-py)."""
     threaded = vector_env_threads_itself(ctx.env_id)
+    return [Job(env_loop, (ctx.env_id, count, ENV_SEED + 1000 * i, threads if threaded else None))
+            for i in range(processes)]
+
+
+def forward_jobs(bundle: PolicyBundle, states: np.ndarray, batch: int, processes: int, threads: int) -> list[Job]:
+    return [Job(forward_loop, (bundle, states, batch), threads) for _ in range(processes)]
+
+
+def forward_states(ctx: BenchContext) -> np.ndarray:
+    """The real observations the forwards cycle through (the same every call: seeded)."""
+    return np.ascontiguousarray(env_states(ctx.env_id, FORWARD_STATES, ENV_SEED),
+                                dtype=input_dtype(ctx.teacher.bundle.spec))
+
+
+def measure_env(ctx: BenchContext, workers: CoreWorkers, log: Callable[[str], None]) -> dict[str, Any]:
     rates = {}
     for (processes, threads), count in itertools.product(env_layouts(ctx.env_id, ctx.cores), ENV_COUNTS):
         threads = min(threads, count)  # idle emulator threads only add switching (atari.default_env_threads)
-        jobs = [Job(env_loop, (ctx.env_id, count, ENV_SEED + 1000 * i, threads if threaded else None))
-                for i in range(processes)]
+        jobs = env_jobs(ctx, count, processes, threads)
         key = f"{count} envs, {processes} process(es) x {threads} thread(s)"
         rates[key] = {"num_envs": count, "processes": processes, "threads": threads,
                       "steps_per_s": workers.rate(jobs, ctx.options.warmup_s, ctx.options.seconds)}
@@ -103,7 +119,7 @@ def measure_forward(ctx: BenchContext, bundle: PolicyBundle, states: np.ndarray,
                     log: Callable[[str], None]) -> dict[str, Any]:
     rates = {}
     for (processes, threads), batch in itertools.product(layouts(bundle, ctx.cores), BATCHES):
-        jobs = [Job(forward_loop, (bundle, states, batch), threads) for _ in range(processes)]
+        jobs = forward_jobs(bundle, states, batch, processes, threads)
         key = f"batch {batch}, {processes} process(es) x {threads} thread(s)"
         rates[key] = {"batch": batch, "processes": processes, "threads": threads,
                       "states_per_s": workers.rate(jobs, ctx.options.warmup_s, ctx.options.seconds)}
@@ -115,21 +131,20 @@ def measure_forward(ctx: BenchContext, bundle: PolicyBundle, states: np.ndarray,
 
 def run_ceiling(ctx: BenchContext, log: Callable[[str], None]) -> dict[str, Any]:
     engines = ctx.teacher_engines(log)
-    states = np.ascontiguousarray(env_states(ctx.env_id, FORWARD_STATES, ENV_SEED),
-                                  dtype=input_dtype(ctx.teacher.bundle.spec))
+    states = forward_states(ctx)
     most = max(processes for processes, _ in env_layouts(ctx.env_id, ctx.cores) + layouts(ctx.teacher.bundle, ctx.cores))
     log(f"ceiling: {most} worker processes; env {ctx.env_id} at {', '.join(map(str, ENV_COUNTS))} envs, "
         f"forwards of {', '.join(engines)} at batch {', '.join(map(str, BATCHES))}, "
         f"{ctx.options.seconds:g} s windows after {ctx.options.warmup_s:g} s ...")
-    with CoreWorkers(most) as workers:
-        env = measure_env(ctx, workers, log)
-        figures = {}
-        for name, engine in engines.items():
-            forward = measure_forward(ctx, engine.bundle, states, workers, log)
-            ceiling = 1.0 / (1.0 / env["steps_per_s"] + 1.0 / forward["forward_states_per_s"])
-            figures[name] = {**forward, "ceiling_states_per_s": ceiling, **fidelity_record(engine, ctx.agreement_floor)}
-            log(f"ceiling: {name}: {ceiling:,.0f} labelled states/s = 1/(1/{env['steps_per_s']:,.0f} + "
-                f"1/{forward['forward_states_per_s']:,.0f})")
+    workers = ctx.core_workers(most)  # kept until the bench ends: the paired rounds reuse them
+    env = measure_env(ctx, workers, log)
+    figures = {}
+    for name, engine in engines.items():
+        forward = measure_forward(ctx, engine.bundle, states, workers, log)
+        ceiling = 1.0 / (1.0 / env["steps_per_s"] + 1.0 / forward["forward_states_per_s"])
+        figures[name] = {**forward, "ceiling_states_per_s": ceiling, **fidelity_record(engine, ctx.agreement_floor)}
+        log(f"ceiling: {name}: {ceiling:,.0f} labelled states/s = 1/(1/{env['steps_per_s']:,.0f} + "
+            f"1/{forward['forward_states_per_s']:,.0f})")
     return {"env": env, "engines": figures, "cores": ctx.cores,
             "ceiling_states_per_s": figures["torch"]["ceiling_states_per_s"],
             "note": "ceiling = 1/(1/env + 1/forward): the env and the teacher sharing every core perfectly"}

@@ -12,7 +12,7 @@ from typing import Callable
 
 from kd_system.errors import ConfigError
 from kd_system.metrics import say
-from kd_system.bench.context import DEFAULT_ENV, DEFAULT_SECTIONS, SECTIONS, BenchContext, BenchOptions, parse_only
+from kd_system.bench.context import DEFAULT_ENV, DEFAULT_ROUNDS, DEFAULT_SECTIONS, SECTIONS, BenchContext, BenchOptions, parse_only
 
 # ceiling times raw env steps and forwards in its own worker processes: before Ray starts, whose
 # processes would take CPU from it; system (collectors as Ray actors) runs last. nodes starts and
@@ -82,7 +82,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
         "env_id": ctx.env_id, "teacher": ctx.teacher.source, "teacher_params": ctx.teacher.params,
         "teacher_network": ctx.teacher.bundle.spec.network, "num_envs": ctx.num_envs, "seconds": options.seconds,
         "warmup_s": options.warmup_s, "chunk_states": ctx.chunk_states, "sections": list(options.only),
-        "overrides": list(options.overrides)}}
+        "overrides": list(options.overrides), "rounds": options.rounds}}
     started_ray = False
     try:
         if REDIS_SECTIONS & set(options.only):
@@ -95,6 +95,9 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
                 log(f"bench: starting a local Ray with {ctx.cores} CPUs ...")
                 started_ray = connect_ray(None, num_cpus=ctx.cores, quiet=True)  # a run's Ray, with these cores
             results[name] = _section_runner(name)(ctx, log)
+        if {"ceiling", "system"} <= set(results) and options.rounds:
+            from kd_system.bench.paired import run_paired
+            results["paired"] = run_paired(ctx, results["ceiling"], results["system"], log)
     finally:
         if started_ray:
             ray.shutdown()
@@ -104,7 +107,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
         results["store_vs_learner"] = both
     top: dict = {}  # the issue's headline figures, at the top level of the JSON
     if {"ceiling", "system"} & set(results):
-        top = headline(results.get("ceiling"), results.get("system"), ctx.agreement_floor)
+        top = headline(results.get("ceiling"), results.get("system"), ctx.agreement_floor, results.get("paired"))
         if {"ceiling", "system"} <= set(results):
             results["vs_ceiling"] = {key: value for key, value in top.items() if key not in ("engine", "engine_agreement_floor")}
     if "feed" in results:
@@ -113,7 +116,8 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = say) -> dict:
     results["machine"] = {"cores": ctx.cores, "cpu": _cpu_model(), "torch_version": torch.__version__,
                           "torch_threads": ctx.threads, "load_average_start": load_start,
                           "load_average_end": os.getloadavg()[0]}
-    ordered = {key: results[key] for key in ("setup", *SECTIONS, "store_vs_learner", "vs_ceiling") if key in results}
+    ordered = {key: results[key] for key in ("setup", *SECTIONS, "paired", "store_vs_learner", "vs_ceiling")
+               if key in results}
     return top | ordered | {key: results[key] for key in ("targets", "meets", "machine")}
 
 
@@ -134,7 +138,7 @@ def _bench(args: argparse.Namespace) -> int:
                            only=parse_only(args.only), json_path=args.json, redis_url=args.redis_url,
                            torch_threads=args.torch_threads, student=args.student,
                            engines=parse_engines(args.engines), collectors=parse_counts(args.collectors),
-                           overrides=tuple(args.set))
+                           overrides=tuple(args.set), rounds=args.rounds)
     results = run_bench(options)
     print(render(results), flush=True)
     if args.json:
@@ -170,4 +174,8 @@ def register_cli(subparsers) -> None:
                                                      "only; fp32 torch is always measured, the baseline of the others)")
     p.add_argument("--collectors", metavar="COUNTS", help="system: collector counts to try, the best is the system's figure "
                                                          "(default: one and two per core)")
+    p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                   help=f"ceiling and system together: after both sweeps, this many paired rounds time the env, each "
+                        f"engine's forward and the system back to back at the chosen layouts, and the headline ratios "
+                        f"are the medians of the per-round ratios (default {DEFAULT_ROUNDS}; 0: the sweeps' own ratios)")
     p.set_defaults(func=_bench)

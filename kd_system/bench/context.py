@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from kd_system.actors.collector import Collector
+from kd_system.bench.core_workers import CoreWorkers
 from kd_system.config import PACKAGE_DIR, ActorConfig, EnvConfig, StoreConfig, load_config
 from kd_system.envs.make import EnvSpaces, check_env_id, env_spaces
 from kd_system.envs.vector import envs_per_actor
@@ -45,6 +46,9 @@ RANDOM_TEACHER_SEED = 0
 # play, not the near-static frames after a reset (they compress better than the game does).
 DISCARD_CHUNKS = 4
 KEEP_CHUNKS = 8
+# Three paired rounds give a median that one odd window cannot move; each costs a few windows and a
+# collector start-up per engine (about half a minute per engine at the default --seconds on Atari).
+DEFAULT_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class BenchOptions:
     engines: tuple[str, ...] = ("torch",)  # ceiling and system: teacher engines (engine_choice.parse_engines)
     collectors: tuple[int, ...] | None = None  # system: collector counts; None: one and two per core
     overrides: tuple[str, ...] = ()  # --set KEY=VALUE on a run's default config, e.g. learner.precision=fp32
+    # ceiling and system together: paired rounds after both sweeps (bench/paired.py); 0 keeps the sweeps' ratios
+    rounds: int = DEFAULT_ROUNDS
 
     @property
     def warmup_s(self) -> float:
@@ -88,6 +94,8 @@ def check_options(options: BenchOptions) -> None:
         raise ConfigError(f"--num-envs {options.num_envs} must be at least 1")
     if options.torch_threads is not None and options.torch_threads < 1:
         raise ConfigError(f"--torch-threads {options.torch_threads} must be at least 1")
+    if options.rounds < 0:
+        raise ConfigError(f"--rounds {options.rounds} must be 0 or more")
     if options.collectors is not None and (not options.collectors or min(options.collectors) < 1):
         raise ConfigError(f"--collectors {options.collectors}: give counts of at least 1")
     if options.json_path and not Path(options.json_path).expanduser().resolve().parent.is_dir():
@@ -183,6 +191,7 @@ class BenchContext:
         self.url = options.redis_url
         self._chunks: list[LabelledChunk] | None = None
         self._engines: dict[str, TeacherEngine] | None = None
+        self._workers: CoreWorkers | None = None
         self.agreement_floor = defaults.teacher.engine_agreement_floor  # a run's start refuses engines below it
 
     def _student_spec(self) -> PolicySpec:
@@ -250,6 +259,19 @@ class BenchContext:
                            f", below the floor {self.agreement_floor:g}: measured, never chosen"))
         return self._engines
 
+    def core_workers(self, count: int) -> CoreWorkers:
+        """At least ``count`` spawned timing processes, kept for the whole bench: the paired rounds,
+        after the system section, reuse the ceiling's (spawning more would import torch again while
+        Ray's processes run)."""
+        if self._workers is None or len(self._workers.pipes) < count:
+            if self._workers is not None:
+                self._workers.close()
+            self._workers = CoreWorkers(count)
+        return self._workers
+
     def close(self) -> None:
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
         if self.redis is not None:
             self.redis.stop()

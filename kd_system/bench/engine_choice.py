@@ -74,10 +74,13 @@ def choose_engine(figures: dict[str, dict[str, float]], floor: float, rate: str)
     return max(eligible, key=lambda name: figures[name][rate], default=None)
 
 
-def headline(ceiling: dict | None, system: dict | None, floor: float) -> dict[str, Any]:
+def headline(ceiling: dict | None, system: dict | None, floor: float, paired: dict | None = None) -> dict[str, Any]:
     """The top-level JSON figures: fp32 torch's ceiling and system rates and their ratio, and for the
     fastest engine meeting the floor (by forwards/s when the ceiling ran, else by system rate) its
-    speed-up over torch, agreement and its own system-vs-ceiling ratio."""
+    speed-up over torch, agreement and its own system-vs-ceiling ratio.
+
+    With paired rounds (bench/paired.py) the four ratios are theirs, medians of per-round ratios of
+    windows timed back to back; the rates stay the sweeps' best, and ``vs_ceiling_from`` says which."""
     out: dict[str, Any] = {}
     engines: dict[str, dict[str, Any]] = {}
     for section, key in ((ceiling, "forward_states_per_s"), (ceiling, "ceiling_states_per_s"),
@@ -90,11 +93,19 @@ def headline(ceiling: dict | None, system: dict | None, floor: float) -> dict[st
         out["system_states_per_s"] = engines[REFERENCE]["states_per_s"]
     if ceiling is not None and system is not None:
         out["system_vs_ceiling"] = out["system_states_per_s"] / out["ceiling_states_per_s"]
+        out["vs_ceiling_from"] = "sweeps"
+    if paired is not None:
+        out["system_vs_ceiling"] = paired["engines"][REFERENCE]["system_vs_ceiling"]
+        out["vs_ceiling_from"] = f"median of {paired['rounds']} paired rounds"
     chosen = choose_engine(engines, floor, "forward_states_per_s" if ceiling is not None else "states_per_s")
     if chosen is None:
         return out
     mine, torch = engines[chosen], engines[REFERENCE]
     out |= {"engine": chosen, "engine_agreement": mine["agreement"], "engine_agreement_floor": floor}
+    if paired is not None:
+        rounds = paired["engines"][chosen]
+        return out | {"engine_forward_speedup": rounds["forward_speedup"], "engine_speedup": rounds["system_speedup"],
+                      "engine_system_vs_ceiling": rounds["system_vs_ceiling"]}
     if ceiling is not None:
         out["engine_forward_speedup"] = mine["forward_states_per_s"] / torch["forward_states_per_s"]
     if system is not None:

@@ -139,8 +139,11 @@ def _rows(results: dict) -> list[tuple[str, ...]]:
 
 
 def _ceiling_rows(results: dict, row: Callable[..., None]) -> None:
-    """Env, forwards and ceiling per engine; the system per engine against its ceiling and torch's."""
+    """Env, forwards and ceiling per engine; the system per engine against its ceiling and torch's.
+    With paired rounds their medians carry the targets, and the sweeps' ratios are shown beside."""
     ceiling, system, chosen = results.get("ceiling"), results.get("system"), results.get("engine")
+    paired = results.get("paired")
+    swept = paired is None  # which figures the targets are judged on
     if ceiling is not None:
         env, engines = ceiling["env"], ceiling["engines"]
         row("ceiling", f"raw env steps/s, {env['num_envs']} envs, {env['processes']} proc x "
@@ -150,7 +153,8 @@ def _ceiling_rows(results: dict, row: Callable[..., None]) -> None:
             mark = "" if e["meets_floor"] else ", BELOW floor"
             row("ceiling", f"raw forwards/s, {name}, batch {e['best_batch']}, {e['best_processes']} proc x "
                 f"{e['best_threads']} thr{mark}", _rate(e["forward_states_per_s"]), "fp32 torch", _rate(torch),
-                f"{e['forward_states_per_s'] / torch:.2f}", "engine_forward_speedup" if name == chosen != "torch" else "")
+                f"{e['forward_states_per_s'] / torch:.2f}",
+                "engine_forward_speedup" if swept and name == chosen != "torch" else "")
         for name, e in engines.items():
             row("ceiling", f"labelled states/s ceiling, {name}", _rate(e["ceiling_states_per_s"]),
                 "1/(1/env + 1/forward)", "", "")
@@ -162,10 +166,21 @@ def _ceiling_rows(results: dict, row: Callable[..., None]) -> None:
                 bound = ceiling["engines"][name]["ceiling_states_per_s"]
                 key = "system_vs_ceiling" if name == "torch" else ("engine_system_vs_ceiling" if name == chosen else "")
                 row("system", what, _rate(e["states_per_s"]), f"hardware ceiling, {name}", _rate(bound),
-                    f"{e['states_per_s'] / bound:.2f}", key)
+                    f"{e['states_per_s'] / bound:.2f}", key if swept else "")
             if name != "torch":
                 row("system", what, _rate(e["states_per_s"]), "system with fp32 torch", _rate(torch),
                     f"{e['states_per_s'] / torch:.2f}")
+    if paired is not None:
+        for name, e in paired["engines"].items():
+            key = "system_vs_ceiling" if name == "torch" else ("engine_system_vs_ceiling" if name == chosen else "")
+            row("paired", f"labelled states/s, {name}, median of {paired['rounds']} rounds",
+                _rate(e["system_states_per_s"]), f"hardware ceiling, {name}, same rounds",
+                _rate(e["ceiling_states_per_s"]), f"{e['system_vs_ceiling']:.2f}", key)
+            if name == chosen != "torch":
+                row("paired", f"forward speed-up, {name}, median of rounds", f"{e['forward_speedup']:.2f}",
+                    "fp32 torch, same rounds", "1", f"{e['forward_speedup']:.2f}", "engine_forward_speedup")
+                row("paired", f"system speed-up, {name}, median of rounds", f"{e['system_speedup']:.2f}",
+                    "system with fp32 torch, same rounds", "1", f"{e['system_speedup']:.2f}")
     if chosen is not None:
         row("engines", f"greedy agreement with fp32 torch, {chosen}", f"{results['engine_agreement']:.4f}",
             "agreement floor", f"{results['engine_agreement_floor']:g}", "", "engine_agreement")
@@ -266,6 +281,11 @@ def render(results: dict) -> str:
             parts = " | ".join(f"{part} {share:.0%}" for part, share in e["time_fractions"].items())
             counts = ", ".join(f"{c}: {_rate(r)}" for c, r in e["by_collectors"].items())
             lines.append(f"system {name}: states/s by collectors {counts}; collector time {parts}")
+    if "paired" in results:
+        for name, e in results["paired"]["engines"].items():
+            ratios = ", ".join(f"{r['system_vs_ceiling']:.2f}" for r in e["rounds"])
+            lines.append(f"paired {name}: system / ceiling per round {ratios} (odd rounds system first); "
+                         f"median {e['system_vs_ceiling']:.2f}")
     if "feed" in results:
         f = results["feed"]
         lines.append(f"feed: today's update {f['real_update_s'] * 1e3:,.1f} ms ({_rate(f['real_updates_per_s'])}/s); the "

@@ -1,0 +1,93 @@
+"""Paired rounds: the ceiling and the system timed back to back, so their ratio is not set by when
+each was measured.
+
+The ceiling section sweeps layouts first and the system section runs minutes later, after Ray has
+started. On a shared VM the same configuration measured 1,500-2,550 states/s within an hour, so a
+ratio of a system window to ceiling windows taken minutes earlier moves by ±0.1 on its own. And the
+sweeps keep the best of many noisy windows (9 env layouts, 3-6 forward layouts per engine, 1-2
+collector counts), which favours whichever side had more draws.
+
+So after both sections, each of ``--rounds`` rounds re-times, per engine and at the layouts the
+sweeps chose: the raw env, the raw forward (both in the ceiling's own worker processes, kept alive),
+and the system (fresh collectors at the best count, as a run makes them), one right after the other.
+Odd rounds time the system first, so a steady drift in the machine's speed favours neither side.
+The headline ratios are the medians of the per-round ratios.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+from typing import Any, Callable
+
+import ray
+
+from kd_system.bench.ceiling import env_jobs, forward_jobs, forward_states
+from kd_system.bench.context import BenchContext
+from kd_system.bench.engine_choice import REFERENCE
+from kd_system.bench.scaling import collectors_rate
+
+
+def _round(ctx: BenchContext, name: str, ceiling: dict, count: int, cpus: float, system_first: bool,
+           states: Any, tag: str) -> dict[str, float]:
+    """One engine's env, forward and system windows, back to back."""
+    env, forward = ceiling["env"], ceiling["engines"][name]
+    workers = ctx.core_workers(max(env["processes"], forward["best_processes"]))
+    engine = ctx.teacher_engines(lambda line: None)[name]
+    prepared = replace(ctx.prepared, tasks=(replace(ctx.prepared.tasks[0], engine=engine),))
+    warmup, window = ctx.options.warmup_s, ctx.options.seconds
+
+    def system() -> float:
+        return collectors_rate(ctx, prepared, count, tag, cpus / count)["labelled_states_per_s"]
+
+    def raw() -> tuple[float, float]:
+        steps = workers.rate(env_jobs(ctx, env["num_envs"], env["processes"], env["threads_per_process"]), warmup, window)
+        forwards = workers.rate(forward_jobs(engine.bundle, states, forward["best_batch"], forward["best_processes"],
+                                             forward["best_threads"]), warmup, window)
+        return steps, forwards
+
+    if system_first:
+        labelled = system()
+        steps, forwards = raw()
+    else:
+        steps, forwards = raw()
+        labelled = system()
+    bound = 1.0 / (1.0 / steps + 1.0 / forwards)
+    return {"env_steps_per_s": steps, "forward_states_per_s": forwards, "ceiling_states_per_s": bound,
+            "system_states_per_s": labelled, "system_vs_ceiling": labelled / bound}
+
+
+def _median(rounds: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
+def run_paired(ctx: BenchContext, ceiling: dict, system: dict, log: Callable[[str], None]) -> dict[str, Any]:
+    rounds_asked = ctx.options.rounds
+    states = forward_states(ctx)
+    cpus = ray.cluster_resources().get("CPU", float(ctx.cores))
+    names = list(system["engines"])
+    log(f"paired: {rounds_asked} round(s) of env, forward and system windows back to back, per engine, "
+        f"at the sweeps' best layouts ...")
+    by_engine: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for index in range(rounds_asked):
+        for name in names:
+            count = system["engines"][name]["collectors"]
+            measured = _round(ctx, name, ceiling, count, cpus, index % 2 == 1, states, f"paired-{name}-{index}")
+            by_engine[name].append(measured)
+            log(f"paired: round {index + 1}, {name}: system {measured['system_states_per_s']:,.0f} / ceiling "
+                f"{measured['ceiling_states_per_s']:,.0f} = {measured['system_vs_ceiling']:.2f} "
+                f"(env {measured['env_steps_per_s']:,.0f}, forward {measured['forward_states_per_s']:,.0f})")
+    torch = by_engine[REFERENCE]
+    engines = {}
+    for name, rounds in by_engine.items():
+        engines[name] = {
+            "rounds": rounds, "system_vs_ceiling": _median(rounds, "system_vs_ceiling"),
+            "ceiling_states_per_s": _median(rounds, "ceiling_states_per_s"),
+            "system_states_per_s": _median(rounds, "system_states_per_s"),
+            # per-round ratios against torch's windows of the same round, then their median
+            "forward_speedup": statistics.median(r["forward_states_per_s"] / t["forward_states_per_s"]
+                                                 for r, t in zip(rounds, torch)),
+            "system_speedup": statistics.median(r["system_states_per_s"] / t["system_states_per_s"]
+                                                for r, t in zip(rounds, torch))}
+    return {"rounds": rounds_asked, "engines": engines,
+            "note": "per engine and round: env, forward and system windows back to back at the sweeps' best "
+                    "layouts (odd rounds system first); headline ratios are medians of the per-round ratios"}
