@@ -186,7 +186,12 @@ for node_id in "${!node_container[@]}"; do step "  ${node_container[$node_id]} i
 run_dir="/home/ray/runs/$KD_RUN_NAME"
 if [ "$kill_worker" = 1 ]; then
   has_snapshot() { "$engine" exec "$head_c" sh -c "ls -d $run_dir/checkpoints/update-* >/dev/null 2>&1"; }
-  wait_for 600 "the run's first checkpoint" has_snapshot
+  run_over() { "$engine" logs "$head_c" 2>&1 | grep "the distillation exited with status" >/dev/null || ! running "$head_c"; }
+  # Stop waiting as soon as the run is over too: a run that failed at start writes no checkpoint, and
+  # its exit line says why sooner than 600 s of waiting would.
+  snapshot_or_over() { has_snapshot || run_over; }
+  wait_for 600 "the run's first checkpoint" snapshot_or_over
+  has_snapshot || broke "the run ended before its first checkpoint: $("$engine" logs "$head_c" 2>&1 | grep 'the distillation exited' || echo "the ray-head container stopped")"
   victim=""
   for node_id in $(in_image_python "$head_c" collector-nodes); do victim=${node_container[$node_id]:-$victim}; done
   [ -n "$victim" ] || broke "no worker container holds a collector to kill"
