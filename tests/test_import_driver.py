@@ -104,6 +104,8 @@ def test_import_command_writes_a_teacher_with_its_card_and_refuses_to_overwrite(
     assert card["source_format"] == "torchscript" and card["source_sha256"] == source_sha256(source)
     assert card["parity_max_abs_diff"] <= 1e-5 and card["parity_states"] == 1000
     assert card["eval_episodes"] == 3 and "random_return_mean" in card and "command" in card
+    low, high = card["eval_return_ci95"]  # the mean's 95% t-interval over the 3 games
+    assert low <= card["eval_return_mean"] <= high
     assert "Parity on 1,000 states" in (out / "MODEL_CARD.md").read_text()
     assert spec["num_params"] == 4 * 32 + 32 + 32 * 2 + 2
 
@@ -131,6 +133,57 @@ def test_bad_imports_fail_in_one_line_and_write_nothing(tmp_path, args, expected
     assert done.returncode == 2, done.stderr[-2000:]
     error = [line for line in done.stderr.splitlines() if "error" in line]
     assert len(error) == 1 and expected in error[0], done.stderr
+    assert not out.exists()
+
+
+def record(tmp_path, **fields) -> Path:
+    path = tmp_path / "training.json"
+    path.write_text(json.dumps({"trainer": "SB3 2.9.2 DQN", "env_steps": 1000, "wall_s": 20.0} | fields))
+    return path
+
+
+def test_a_training_record_goes_on_the_card(tmp_path):
+    from kd_system.teachers.imports.training_record import card_fields, load_training_record, markdown_rows
+
+    loaded = load_training_record(record(tmp_path, parts=2, evaluations=[{"env_steps": 500, "mean": -20.5}],
+                                         evaluation_protocol="8 games"))
+    fields = card_fields(loaded)
+    assert fields["steps_per_s"] == 50.0 and fields["parts"] == 2 and "hardware" not in fields
+    rows = markdown_rows(fields)
+    assert "| Trained with | SB3 2.9.2 DQN |" in rows and "| Env steps/s | 50.0 |" in rows
+    assert "in 2 parts" in rows and "-20.50 at 500" in rows and "(8 games)" in rows
+    assert markdown_rows({}) == ""
+
+
+@pytest.mark.parametrize("fields, fragment", [
+    ({"env_steps": 0}, "env_steps must be > 0"),
+    ({"wall_s": "long"}, "wall_s: expected a number"),
+    ({"trainr": "x"}, "unknown key trainr"),
+    ({"evaluations": [{"env_steps": 5}]}, "evaluations[0].mean"),
+])
+def test_a_bad_training_record_names_the_file_and_field(tmp_path, fields, fragment):
+    from kd_system.errors import ConfigError
+    from kd_system.teachers.imports.training_record import load_training_record
+
+    with pytest.raises(ConfigError) as caught:
+        load_training_record(record(tmp_path, **fields))
+    message = str(caught.value)
+    assert message.startswith(f"--training {tmp_path / 'training.json'}: ") and fragment in message, message
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(ConfigError, match="expected a JSON object"):
+        load_training_record(tmp_path / "list.json")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_training_record(tmp_path / "missing.json")
+
+
+def test_a_bad_training_record_fails_the_import_before_any_work(tmp_path):
+    source = scripted_cartpole_teacher(tmp_path / "policy.pt")
+    out = tmp_path / "teacher"
+    done = kd("teacher", "import", str(source), "--env", "CartPole-v1", "--out", str(out), "--output-kind", "q",
+              "--training", str(record(tmp_path, env_steps=-1)))
+    assert done.returncode == 2
+    error = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(error) == 1 and "env_steps must be > 0" in error[0], done.stderr
     assert not out.exists()
 
 

@@ -43,13 +43,14 @@ def _teacher_zip(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert (out / "best.zip").is_file(), done.stdout[-2000:]
+    assert (out / "best.training.json").is_file()  # how best.zip was trained, for the card
     return out / "best.zip"
 
 
 def _import(source, out) -> dict:
     # --trained-env: the driver trains on our ALE v5 env (sticky actions 0.25), not SB3's NoFrameskip-v4 default
     command = [*CLI, "teacher", "import", str(source), "--env", "ALE/Pong-v5", "--trained-env", "ALE/Pong-v5",
-               "--out", str(out), "--episodes", "1"]
+               "--out", str(out), "--episodes", "1", "--training", str(source.parent / "best.training.json")]
     # One torch thread: the import's evaluation plays at batch 1 with torch's default threads (one
     # per core), which on a busy 2-core machine made each Nature-CNN forward 84 ms instead of 5 ms.
     done = subprocess.run(command, capture_output=True, text=True, timeout=240,
@@ -69,11 +70,18 @@ def _check_imported(spec: dict) -> None:
     assert card["parity_max_abs_diff"] is not None and card["parity_max_abs_diff"] <= 1e-5
     assert card["protocol_differences"] == []  # trained on the env it is played on
     assert card["eval_episodes"] == 1 and -21 <= card["eval_return_mean"] <= 21
+    assert card["eval_return_ci95"] is None  # one game has no interval
+    training = card["training"]  # the driver's record: what the issue asks the card to state
+    assert training["trainer"].startswith("Stable-Baselines3") and training["env_steps"] == TEACHER_STEPS
+    assert training["wall_s"] > 0 and training["steps_per_s"] == pytest.approx(TEACHER_STEPS / training["wall_s"], rel=1e-3)
+    assert training["parts"] == 1 and [e["env_steps"] for e in training["evaluations"]] == [TEACHER_STEPS]
 
 
 def test_an_imported_sb3_dqn_pong_teacher_distils_with_kl_at_rusus_tau(tmp_path):
     spec = _import(_teacher_zip(tmp_path), tmp_path / "teacher")
     _check_imported(spec)
+    card = (tmp_path / "teacher" / "MODEL_CARD.md").read_text()
+    assert "| Trained with | Stable-Baselines3" in card and "| Env steps/s |" in card
 
     runs = tmp_path / "runs"
     overrides = [f"teacher.checkpoint={tmp_path / 'teacher'}", f"head.runs_dir={runs}", "head.max_updates=40",

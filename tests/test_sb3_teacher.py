@@ -83,3 +83,29 @@ def test_sigterm_saves_a_resume_point_and_exits(tmp_path):
     assert "(signal)" in output and "Traceback" not in output
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["env_steps"] > 500  # saved at the signal, not only at the last interval
+
+
+def test_the_training_record_describes_the_last_best_evaluation(tmp_path):
+    """best.zip is saved at an evaluation that ties or beats every earlier one: the record names the
+    last one reaching the best mean, with the parts and evaluations up to it."""
+    from kd_system.experiments.sb3_teacher import RECORD_FILE, _args, main, training_record
+    from kd_system.teachers.imports.training_record import load_training_record
+
+    state = {"wall_s": 900.0, "env_steps": 40_000, "best_eval": -11.0, "resumes": [15_000, 35_000],
+             "evals": [{"env_steps": 10_000, "wall_s": 100.0, "mean": -20.0},
+                       {"env_steps": 20_000, "wall_s": 300.0, "mean": -11.0},
+                       {"env_steps": 30_000, "wall_s": 500.0, "mean": -11.0},
+                       {"env_steps": 40_000, "wall_s": 880.0, "mean": -15.0}]}
+    args = _args(["--out", str(tmp_path), "--eval-episodes", "8"])
+    record = training_record(state, args)
+    assert (record["env_steps"], record["wall_s"], record["parts"]) == (30_000, 500.0, 2)
+    assert [e["env_steps"] for e in record["evaluations"]] == [10_000, 20_000, 30_000]
+    assert "8 games each, epsilon 0.05" in record["evaluation_protocol"]
+
+    assert main(["--out", str(tmp_path), "--record"]) == 2  # nothing trained there yet
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.json").write_text(json.dumps(state))
+    (tmp_path / "best.zip").write_bytes(b"")
+    assert main(["--out", str(tmp_path), "--record"]) == 0
+    loaded = load_training_record(tmp_path / RECORD_FILE)  # what teacher import --training reads
+    assert loaded.env_steps == 30_000 and loaded.steps_per_s == 60.0

@@ -20,6 +20,10 @@ restored network, epsilon where the schedule left it, then learns on with a fres
 a resume point small enough to carry between machines, and nothing in it is a pickle.
 
     python -m kd_system.experiments.sb3_teacher --env ALE/Pong-v5 --out runs/pong-sb3 --resume
+
+Beside ``best.zip`` it keeps ``best.training.json``: how those weights were trained (trainer, env
+steps, wall time, parts, its evaluations), for ``kd-system teacher import --training`` to put on the
+model card. ``--record`` writes it again from ``checkpoint/state.json`` without training.
 """
 from __future__ import annotations
 
@@ -55,7 +59,45 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--target", type=float, default=19.5, help="stop once the periodic evaluation reaches this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--record", action="store_true",
+                   help=f"only write OUT/{RECORD_FILE} (how best.zip was trained, for `teacher import --training`) "
+                        "from OUT/checkpoint/state.json, and exit")
     return p.parse_args(argv)
+
+
+RECORD_FILE = "best.training.json"
+SETTINGS = ("RL Zoo Atari DQN settings (replay 100k, Adam 1e-4, batch 32, train every 4 steps, target sync every "
+            "1,000) with epsilon to 0.01 over {explore:,} steps, learning from {starts:,} steps, 3-step returns; "
+            "kd_system/experiments/sb3_teacher.py")
+
+
+def _hardware() -> str:
+    # the core count only: a training resumed across sessions may run its parts on different CPU models
+    return f"{len(os.sched_getaffinity(0))} CPU cores, no GPU"
+
+
+def training_record(state: dict, args: argparse.Namespace) -> dict:
+    """How the weights of the best evaluation so far were trained (best.zip is saved at an evaluation
+    that ties or beats every earlier one, so it is the last one reaching the best mean)."""
+    import stable_baselines3
+
+    from kd_system.envs.protocol import eval_epsilon
+
+    best = [e for e in state["evals"] if e["mean"] == state["best_eval"]][-1]
+    return {"trainer": f"Stable-Baselines3 {stable_baselines3.__version__} DQN (CnnPolicy)",
+            "env_steps": int(best["env_steps"]), "wall_s": float(best["wall_s"]), "hardware": _hardware(),
+            "parts": 1 + sum(1 for r in state["resumes"] if r < best["env_steps"]),
+            "settings": SETTINGS.format(explore=args.explore_steps, starts=args.learning_starts),
+            "evaluations": [{"env_steps": int(e["env_steps"]), "mean": float(e["mean"])}
+                            for e in state["evals"] if e["env_steps"] <= best["env_steps"]],
+            "evaluation_protocol": f"{args.eval_episodes} games each, epsilon {eval_epsilon(args.env):g}, sticky actions",
+            "command": f"python -m kd_system.experiments.sb3_teacher --env {args.env} --out OUT [--resume]"}
+
+
+def write_record(out: Path, state: dict, args: argparse.Namespace) -> None:
+    tmp = out / f"{RECORD_FILE}.tmp"
+    tmp.write_text(json.dumps(training_record(state, args), indent=1) + "\n")
+    os.replace(tmp, out / RECORD_FILE)
 
 
 class _Stop:
@@ -88,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     ckpt = out / "checkpoint"
+    if args.record:
+        if not (ckpt / "state.json").exists() or not (out / "best.zip").exists():
+            print(f"[sb3-teacher] --record: {ckpt / 'state.json'} or {out / 'best.zip'} is missing; "
+                  "train first", file=sys.stderr)
+            return 2
+        write_record(out, json.loads((ckpt / "state.json").read_text()), args)
+        print(f"[sb3-teacher] wrote {out / RECORD_FILE}", flush=True)
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "progress.jsonl", "a", buffering=1)
     stop = _Stop()
@@ -144,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         if state["best_eval"] is None or stats.mean >= state["best_eval"]:
             state["best_eval"] = stats.mean
             model.save(out / "best.zip")  # the weights that get imported (the buffer is not needed)
+            write_record(out, {**state, "wall_s": wall()}, args)
         print(f"[sb3-teacher] eval at {model.num_timesteps}: {stats.mean:+.2f} over {args.eval_episodes} games "
               f"(best {state['best_eval']:+.2f})", flush=True)
         return stats.mean >= args.target

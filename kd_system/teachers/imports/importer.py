@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import importlib
+import math
 import zipfile
 from dataclasses import replace
 from functools import lru_cache
@@ -21,6 +22,7 @@ from kd_system.envs.make import EnvSpaces, check_env_id, env_spaces
 from kd_system.envs.protocol import eval_epsilon
 from kd_system.errors import CheckpointError, ConfigError
 from kd_system.evaluation.episodes import random_act_fn, run_episodes
+from kd_system.evaluation.scores import t_interval95
 from kd_system.policies.files import SPEC_FILE, FrozenPolicy, PolicyBundle, PolicySpec, module_from_bytes
 from kd_system.policies.networks import count_parameters
 from kd_system.teachers.imports.protocol import differences
@@ -127,8 +129,9 @@ def measure_parity(policy: FrozenPolicy, converted: Converted, states: np.ndarra
 
 
 def import_teacher(source: str | Path, options: ImportOptions, fmt: str | None = None, episodes: int = 20,
-                   seed: int = 0, command: str | None = None) -> PolicyBundle:
-    """The teacher in the project's format; ``episodes`` 0 skips the evaluation (imports on the fly)."""
+                   seed: int = 0, command: str | None = None, training: dict[str, Any] | None = None) -> PolicyBundle:
+    """The teacher in the project's format; ``episodes`` 0 skips the evaluation (imports on the fly).
+    ``training``: how the source was trained (training_record.card_fields), kept on its card."""
     source = Path(source).expanduser()
     if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"--from {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
@@ -144,6 +147,8 @@ def import_teacher(source: str | Path, options: ImportOptions, fmt: str | None =
     parity = measure_parity(policy, converted, env_states(options.env_id, PARITY_STATES, seed), source)
     num_params = count_parameters(policy.module)
     card = _card(source, fmt, converted, parity, num_params, options, command)
+    if training:
+        card["training"] = training
     if episodes > 0:
         card |= _evaluate(options.env_id, policy, episodes, seed)
     return PolicyBundle(replace(spec, num_params=num_params, model_card=card), converted.weights)
@@ -185,6 +190,10 @@ def _evaluate(env_id: str, policy: FrozenPolicy, episodes: int, seed: int) -> di
         rand = run_episodes(env_id, random_act_fn(policy.spec.num_actions, seed), episodes, seed)
     finally:
         torch.set_num_threads(threads)
+    # the mean's 95% t-interval over the episodes (sample std; NaN bounds for a single episode)
+    low, high = t_interval95(stats.mean, float(np.std(stats.returns, ddof=1)) / math.sqrt(episodes)
+                             if episodes > 1 else float("nan"), episodes - 1)
     return {"eval_return_mean": round(stats.mean, 3), "eval_return_std": round(stats.std, 3),
+            "eval_return_ci95": [round(low, 3), round(high, 3)] if math.isfinite(low) else None,
             "eval_episodes": episodes, "eval_seed": seed, "eval_epsilon": eval_epsilon(env_id),
             "random_return_mean": round(rand.mean, 3), "random_return_std": round(rand.std, 3)}

@@ -13,6 +13,7 @@ from kd_system.policies.files import SPEC_FILE, WEIGHTS_FILE, PolicyBundle, Poli
 from kd_system.policies.opaque import OPAQUE_FILES
 from kd_system.teachers.ensemble import is_ensemble
 from kd_system.teachers.ensemble import markdown as ensemble_markdown
+from kd_system.teachers.imports.training_record import markdown_rows
 
 CARD_FILE = "MODEL_CARD.md"
 TEACHER_FILES = (SPEC_FILE, WEIGHTS_FILE, *OPAQUE_FILES.values(), CARD_FILE)
@@ -58,7 +59,9 @@ def _parity_text(card: dict) -> str:
 def _return_text(card: dict, key: str) -> str:
     if f"{key}_mean" not in card:
         return "not evaluated at import (`--episodes 0`)"
-    return f"{card[f'{key}_mean']:.2f} ± {card[f'{key}_std']:.2f}"
+    interval = card.get(f"{key}_ci95")
+    return (f"{card[f'{key}_mean']:.2f} ± {card[f'{key}_std']:.2f} (std)"
+            + (f", 95% CI of the mean {interval[0]:.2f} to {interval[1]:.2f}" if interval else ""))
 
 
 def markdown(spec: PolicySpec) -> str:
@@ -86,7 +89,7 @@ Imported by `kd-system teacher import` from `{card['imported_from']}` ({card['so
 | Network | `{json.dumps(spec.network)}` |
 | Parameters | {spec.num_params:,} here; {card['source_params']:,} in the source's acting path |
 | Created | {card['created']} |
-
+{markdown_rows(card.get('training') or {})}
 Where the teacher's training protocol differs from how kd_system plays {spec.env_id}:
 {protocol}
 
