@@ -63,17 +63,20 @@ def test_the_headline_engine_is_the_fastest_that_meets_the_floor():
 
 
 def test_paired_rounds_give_the_headline_ratios():
-    """Medians of per-round ratios replace the sweeps' ratios; the sweeps' rates stay as they are."""
+    """Medians of per-round ratios replace the sweeps' ratios, and the top level's rates are torch's
+    median round's, so that they make its ratio."""
     ceiling_section, system_section = sections(torch=figures(1.0, 1000.0, 500.0, 400.0),
                                                onnxruntime=figures(1.0, 2000.0, 600.0, 540.0))
     paired = {"rounds": 3, "engines": {
-        "torch": {"system_vs_ceiling": 0.93, "forward_speedup": 1.0, "system_speedup": 1.0},
-        "onnxruntime": {"system_vs_ceiling": 0.91, "forward_speedup": 2.1, "system_speedup": 1.3}}}
+        "torch": {"system_vs_ceiling": 0.93, "ceiling_states_per_s": 450.0, "system_states_per_s": 418.5,
+                  "forward_speedup": 1.0, "system_speedup": 1.0},
+        "onnxruntime": {"system_vs_ceiling": 0.91, "ceiling_states_per_s": 550.0, "system_states_per_s": 500.5,
+                        "forward_speedup": 2.1, "system_speedup": 1.3}}}
     top = headline(ceiling_section, system_section, FLOOR, paired)
     assert top["engine"] == "onnxruntime" and top["vs_ceiling_from"] == "median of 3 paired rounds"
     assert (top["system_vs_ceiling"], top["engine_system_vs_ceiling"]) == (0.93, 0.91)
     assert (top["engine_forward_speedup"], top["engine_speedup"]) == (2.1, 1.3)
-    assert (top["ceiling_states_per_s"], top["system_states_per_s"]) == (500.0, 400.0)
+    assert (top["ceiling_states_per_s"], top["system_states_per_s"]) == (450.0, 418.5)
     assert headline(ceiling_section, system_section, FLOOR)["vs_ceiling_from"] == "sweeps"
 
 
@@ -121,10 +124,14 @@ def check_paired(result: dict) -> None:
         for r in e["rounds"]:
             assert r["ceiling_states_per_s"] == pytest.approx(1 / (1 / r["env_steps_per_s"] + 1 / r["forward_states_per_s"]))
             assert r["system_vs_ceiling"] == pytest.approx(r["system_states_per_s"] / r["ceiling_states_per_s"])
-        assert e["system_vs_ceiling"] == pytest.approx(statistics.median(r["system_vs_ceiling"] for r in e["rounds"]))
-        assert e["forward_speedup"] == pytest.approx(statistics.median(
+        mid = e["rounds"][e["median_round"] - 1]  # its rates make the headline ratio
+        assert e["system_vs_ceiling"] == statistics.median_low(r["system_vs_ceiling"] for r in e["rounds"])
+        assert e["system_vs_ceiling"] == mid["system_vs_ceiling"]
+        assert (e["ceiling_states_per_s"], e["system_states_per_s"]) == (mid["ceiling_states_per_s"], mid["system_states_per_s"])
+        assert e["forward_speedup"] == pytest.approx(statistics.median_low(
             r["forward_states_per_s"] / t["forward_states_per_s"] for r, t in zip(e["rounds"], torch)))
     assert result["system_vs_ceiling"] == paired["engines"]["torch"]["system_vs_ceiling"]
+    assert result["system_states_per_s"] / result["ceiling_states_per_s"] == pytest.approx(result["system_vs_ceiling"])
     assert result["engine_system_vs_ceiling"] == paired["engines"][chosen]["system_vs_ceiling"]
     assert result["engine_forward_speedup"] == paired["engines"][chosen]["forward_speedup"]
     assert result["engine_speedup"] == paired["engines"][chosen]["system_speedup"]

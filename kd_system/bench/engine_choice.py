@@ -80,7 +80,9 @@ def headline(ceiling: dict | None, system: dict | None, floor: float, paired: di
     speed-up over torch, agreement and its own system-vs-ceiling ratio.
 
     With paired rounds (bench/paired.py) the four ratios are theirs, medians of per-round ratios of
-    windows timed back to back; the rates stay the sweeps' best, and ``vs_ceiling_from`` says which."""
+    windows timed back to back, and the two rates are those of torch's median round, so that the top
+    level's system / ceiling is its ratio; ``vs_ceiling_from`` says which figures it shows (the
+    sweeps' best rates stay in their sections)."""
     out: dict[str, Any] = {}
     engines: dict[str, dict[str, Any]] = {}
     for section, key in ((ceiling, "forward_states_per_s"), (ceiling, "ceiling_states_per_s"),
@@ -95,7 +97,8 @@ def headline(ceiling: dict | None, system: dict | None, floor: float, paired: di
         out["system_vs_ceiling"] = out["system_states_per_s"] / out["ceiling_states_per_s"]
         out["vs_ceiling_from"] = "sweeps"
     if paired is not None:
-        out["system_vs_ceiling"] = paired["engines"][REFERENCE]["system_vs_ceiling"]
+        mid = paired["engines"][REFERENCE]
+        out |= {key: mid[key] for key in ("ceiling_states_per_s", "system_states_per_s", "system_vs_ceiling")}
         out["vs_ceiling_from"] = f"median of {paired['rounds']} paired rounds"
     chosen = choose_engine(engines, floor, "forward_states_per_s" if ceiling is not None else "states_per_s")
     if chosen is None:

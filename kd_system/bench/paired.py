@@ -11,7 +11,8 @@ So after both sections, each of ``--rounds`` rounds re-times, per engine and at 
 sweeps chose: the raw env, the raw forward (both in the ceiling's own worker processes, kept alive),
 and the system (fresh collectors at the best count, as a run makes them), one right after the other.
 Odd rounds time the system first, so a steady drift in the machine's speed favours neither side.
-The headline ratios are the medians of the per-round ratios.
+The headline ratios are the medians of the per-round ratios: the lower middle one for an even count,
+so that each is one round's own ratio, and the rates shown with system/ceiling are that round's.
 """
 from __future__ import annotations
 
@@ -56,8 +57,11 @@ def _round(ctx: BenchContext, name: str, ceiling: dict, count: int, cpus: float,
             "system_states_per_s": labelled, "system_vs_ceiling": labelled / bound}
 
 
-def _median(rounds: list[dict[str, float]], key: str) -> float:
-    return statistics.median(r[key] for r in rounds)
+def median_round(rounds: list[dict[str, float]]) -> int:
+    """The index of the round whose system/ceiling is the median (the lower middle one for an even
+    count): its rates make its ratio, which separate medians of each rate would not."""
+    ratio = statistics.median_low(r["system_vs_ceiling"] for r in rounds)
+    return next(i for i, r in enumerate(rounds) if r["system_vs_ceiling"] == ratio)
 
 
 def run_paired(ctx: BenchContext, ceiling: dict, system: dict, log: Callable[[str], None]) -> dict[str, Any]:
@@ -79,15 +83,16 @@ def run_paired(ctx: BenchContext, ceiling: dict, system: dict, log: Callable[[st
     torch = by_engine[REFERENCE]
     engines = {}
     for name, rounds in by_engine.items():
+        mid = rounds[median_round(rounds)]
         engines[name] = {
-            "rounds": rounds, "system_vs_ceiling": _median(rounds, "system_vs_ceiling"),
-            "ceiling_states_per_s": _median(rounds, "ceiling_states_per_s"),
-            "system_states_per_s": _median(rounds, "system_states_per_s"),
-            # per-round ratios against torch's windows of the same round, then their median
-            "forward_speedup": statistics.median(r["forward_states_per_s"] / t["forward_states_per_s"]
-                                                 for r, t in zip(rounds, torch)),
-            "system_speedup": statistics.median(r["system_states_per_s"] / t["system_states_per_s"]
-                                                for r, t in zip(rounds, torch))}
+            "rounds": rounds, "median_round": median_round(rounds) + 1,
+            **{key: mid[key] for key in ("system_vs_ceiling", "ceiling_states_per_s", "system_states_per_s")},
+            # per-round ratios against torch's windows of the same round, then their (lower) median
+            "forward_speedup": statistics.median_low(r["forward_states_per_s"] / t["forward_states_per_s"]
+                                                     for r, t in zip(rounds, torch)),
+            "system_speedup": statistics.median_low(r["system_states_per_s"] / t["system_states_per_s"]
+                                                    for r, t in zip(rounds, torch))}
     return {"rounds": rounds_asked, "engines": engines,
             "note": "per engine and round: env, forward and system windows back to back at the sweeps' best "
-                    "layouts (odd rounds system first); headline ratios are medians of the per-round ratios"}
+                    "layouts (odd rounds system first); headline ratios are medians of the per-round ratios (the "
+                    "lower middle one for an even count), and system/ceiling's rates are its median round's"}

@@ -172,8 +172,8 @@ def _ceiling_rows(results: dict, row: Callable[..., None]) -> None:
     if paired is not None:
         for name, e in paired["engines"].items():
             key = "system_vs_ceiling" if name == "torch" else ("engine_system_vs_ceiling" if name == chosen else "")
-            row("paired", f"labelled states/s, {name}, median of {paired['rounds']} rounds",
-                _rate(e["system_states_per_s"]), f"hardware ceiling, {name}, same rounds",
+            row("paired", f"labelled states/s, {name}, median round ({e['median_round']} of {paired['rounds']})",
+                _rate(e["system_states_per_s"]), f"hardware ceiling, {name}, same round",
                 _rate(e["ceiling_states_per_s"]), f"{e['system_vs_ceiling']:.2f}", key)
             if name == chosen != "torch":
                 row("paired", f"forward speed-up, {name}, median of rounds", f"{e['forward_speedup']:.2f}",
