@@ -17,7 +17,7 @@ from tests.chaos import wait_for
 
 pytest.importorskip("stable_baselines3")
 
-TINY = ["--env", "ALE/Pong-v5", "--learning-starts", "300", "--save-every", "500", "--eval-every", "1000",
+TINY = ["--env", "ALE/Pong-v5", "--learning-starts", "300", "--refill-steps", "300", "--save-every", "500", "--eval-every", "1000",
         "--eval-episodes", "1", "--threads", "1"]
 
 
@@ -46,6 +46,30 @@ def test_the_evaluation_scales_frames_once_as_sb3_does():
     assert not torch.allclose(once, twice, atol=1e-6)  # the check can tell the two apart
     assert np.array_equal(_greedy(model)(obs), model.predict(obs, deterministic=True)[0])
 
+
+
+def test_a_resumed_part_refills_its_replay_by_playing_its_network():
+    """SB3's warm-up plays uniformly random actions until learning starts. A resumed part refills an
+    empty replay, and must fill it with its restored network's (epsilon-greedy) games, not a random
+    player's: with random refills the training episodes after each resume fell from about +1 to -15."""
+    from kd_system.envs.make import make_training_env
+    from kd_system.experiments.sb3_teacher import _dqn_class, _greedy
+
+    fresh, resumed = _dqn_class()
+    env = make_training_env("ALE/Pong-v5")
+    obs = np.stack([env.reset(seed=0)[0]] + [env.step(3)[0] for _ in range(8)])
+    actions = {}
+    for name, dqn in (("fresh", fresh), ("resumed", resumed)):
+        model = dqn("CnnPolicy", env, buffer_size=100, learning_starts=10_000, seed=0, device="cpu")
+        model.exploration_rate = 0.0  # greedy: what the network plays, told apart from random play
+        actions[name] = []
+        for state in obs:
+            model._last_obs = state[None]
+            actions[name] += [int(model._sample_action(model.learning_starts)[0][0]) for _ in range(6)]
+        greedy = np.repeat(_greedy(model)(obs), 6)
+    env.close()
+    assert actions["resumed"] == greedy.tolist()  # its network's choice, every time
+    assert len(set(actions["fresh"])) > 1  # SB3's own warm-up: uniformly random
 
 @pytest.mark.slow
 def test_training_resumes_from_its_own_resume_point(tmp_path):

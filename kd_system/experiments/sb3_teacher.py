@@ -15,9 +15,12 @@ among Rainbow's most useful parts), also not in the Zoo's file.
 Resumable in parts (``--resume``): every ``--save-every`` steps, and on SIGTERM/SIGINT, it
 writes the Q-network's weights (safetensors) and ``state.json`` (steps, wall time, evaluations)
 into ``OUT/checkpoint`` by rename, so a killed job loses at most one interval. The replay buffer
-(5.6 GB) and Adam's moments are not kept: a resume refills ``--learning-starts`` steps with the
-restored network, epsilon where the schedule left it, then learns on with a fresh Adam. That keeps
-a resume point small enough to carry between machines, and nothing in it is a pickle.
+(5.6 GB) and Adam's moments are not kept: a resume refills ``--refill-steps`` (the whole replay)
+by playing the restored network, epsilon where the schedule left it, then learns on with a fresh
+Adam. That keeps a resume point small enough to carry between machines, and nothing in it is a
+pickle. (Until 2026-12-07 the refill was SB3's warm-up, 20k steps of uniformly random play: the
+training episodes right after each resume fell from about +1 to -15, and the evaluations took
+100-150k steps to recover.)
 
     python -m kd_system.experiments.sb3_teacher --env ALE/Pong-v5 --out runs/pong-sb3 --resume
 
@@ -53,6 +56,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--total-steps", type=int, default=3_000_000, help="the schedule's horizon and the step budget")
     p.add_argument("--explore-steps", type=int, default=250_000)
     p.add_argument("--learning-starts", type=int, default=20_000)
+    p.add_argument("--refill-steps", type=int, default=REPLAY_SIZE,
+                   help="on --resume, steps the restored network plays into the empty replay before learning again")
     p.add_argument("--save-every", type=int, default=50_000)
     p.add_argument("--eval-every", type=int, default=50_000)
     p.add_argument("--eval-episodes", type=int, default=8)
@@ -66,6 +71,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 RECORD_FILE = "best.training.json"
+REPLAY_SIZE = 100_000
 SETTINGS = ("RL Zoo Atari DQN settings (replay 100k, Adam 1e-4, batch 32, train every 4 steps, target sync every "
             "1,000) with epsilon to 0.01 over {explore:,} steps, learning from {starts:,} steps, 3-step returns; "
             "kd_system/experiments/sb3_teacher.py")
@@ -121,8 +127,21 @@ def _greedy(model) -> callable:
     return lambda obs: _q_values(model, obs).argmax(dim=1).numpy()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _dqn_class():
     from stable_baselines3 import DQN
+
+    class PolicyWarmupDQN(DQN):
+        """SB3 plays uniformly random actions until ``learning_starts``. A resumed training's replay
+        must look like the one its stopped part had, so this one plays its own (restored) network,
+        epsilon-greedy at the schedule's epsilon, from the first step."""
+
+        def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
+            return super()._sample_action(0, action_noise, n_envs)
+
+    return DQN, PolicyWarmupDQN
+
+
+def main(argv: list[str] | None = None) -> int:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.monitor import Monitor
 
@@ -151,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     resumed_at = int(state["env_steps"])
     if resumed_at:
         state["resumes"].append(resumed_at)  # before the seed: a resumed part does not replay the first's
-    model = DQN("CnnPolicy", env, buffer_size=100_000, learning_rate=1e-4, batch_size=32, n_steps=3,
-                learning_starts=resumed_at + args.learning_starts, target_update_interval=1000, train_freq=4,
+    fresh, resumed = _dqn_class()
+    warmup = args.refill_steps if resumed_at else args.learning_starts
+    dqn = resumed if resumed_at else fresh
+    model = dqn("CnnPolicy", env, buffer_size=REPLAY_SIZE, learning_rate=1e-4, batch_size=32, n_steps=3,
+                learning_starts=resumed_at + warmup, target_update_interval=1000, train_freq=4,
                 gradient_steps=1, exploration_fraction=args.explore_steps / args.total_steps,
                 exploration_final_eps=0.01, seed=args.seed + len(state["resumes"]), device="cpu", verbose=0)
     without_sb3_logger(model)
@@ -162,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         model.q_net_target.load_state_dict(weights)
         model.num_timesteps = resumed_at
         print(f"[sb3-teacher] resumed at {resumed_at} steps, {state['wall_s']:.0f} s so far; "
-              f"refilling {args.learning_starts} steps before learning", flush=True)
+              f"refilling {warmup} steps of replay with its network before learning", flush=True)
     started = time.monotonic()
     wall0 = float(state["wall_s"])
     mark = {"steps": model.num_timesteps, "time": started, "episodes": 0}
