@@ -175,7 +175,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--collectors", metavar="COUNTS", help="system: collector counts to try, the best is the system's figure "
                                                          "(default: one and two per core)")
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
-                   help=f"ceiling and system together: after both sweeps, this many paired rounds time the env, each "
-                        f"engine's forward and the system back to back at the chosen layouts, and the headline ratios "
+                   help=f"ceiling and system together: after both sweeps, this many paired rounds time, per engine at "
+                        f"the chosen layouts, the raw env and forward, the system, and the raw pair again, and the headline ratios "
                         f"are the medians of the per-round ratios (default {DEFAULT_ROUNDS}; 0: the sweeps' own ratios)")
     p.set_defaults(func=_bench)

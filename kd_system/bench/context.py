@@ -46,8 +46,8 @@ RANDOM_TEACHER_SEED = 0
 # play, not the near-static frames after a reset (they compress better than the game does).
 DISCARD_CHUNKS = 4
 KEEP_CHUNKS = 8
-# Three paired rounds give a median that one odd window cannot move; each costs a few windows and a
-# collector start-up per engine (about half a minute per engine at the default --seconds on Atari).
+# Three paired rounds give a median that one odd window cannot move; each costs five windows and a
+# collector start-up per engine (about a minute per engine at the default --seconds on Atari).
 DEFAULT_ROUNDS = 3
 
 

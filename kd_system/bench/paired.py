@@ -8,9 +8,11 @@ sweeps keep the best of many noisy windows (9 env layouts, 3-6 forward layouts p
 collector counts), which favours whichever side had more draws.
 
 So after both sections, each of ``--rounds`` rounds re-times, per engine and at the layouts the
-sweeps chose: the raw env, the raw forward (both in the ceiling's own worker processes, kept alive),
-and the system (fresh collectors at the best count, as a run makes them), one right after the other.
-Odd rounds time the system first, so a steady drift in the machine's speed favours neither side.
+sweeps chose: the raw env and the raw forward (both in the ceiling's own worker processes, kept
+alive), then the system (fresh collectors at the best count, as a run makes them), then the raw
+pair again. The round's ceiling takes both raw pairs (their mean time per state), so a drift in the
+machine's speed during the round moves both sides alike. (On 2026-12-07 here the raw env read
+2,600 and 4,600 steps/s in windows a minute apart.)
 The headline ratios are the medians of the per-round ratios: the lower middle one for an even count,
 so that each is one round's own ratio, and the rates shown with system/ceiling are that round's.
 """
@@ -28,17 +30,14 @@ from kd_system.bench.engine_choice import REFERENCE
 from kd_system.bench.scaling import collectors_rate
 
 
-def _round(ctx: BenchContext, name: str, ceiling: dict, count: int, cpus: float, system_first: bool,
-           states: Any, tag: str) -> dict[str, float]:
-    """One engine's env, forward and system windows, back to back."""
+def _round(ctx: BenchContext, name: str, ceiling: dict, count: int, cpus: float, states: Any,
+           tag: str) -> dict[str, float]:
+    """One engine's raw env and forward windows, its system window, and the raw pair again."""
     env, forward = ceiling["env"], ceiling["engines"][name]
     workers = ctx.core_workers(max(env["processes"], forward["best_processes"]))
     engine = ctx.teacher_engines(lambda line: None)[name]
     prepared = replace(ctx.prepared, tasks=(replace(ctx.prepared.tasks[0], engine=engine),))
     warmup, window = ctx.options.warmup_s, ctx.options.seconds
-
-    def system() -> float:
-        return collectors_rate(ctx, prepared, count, tag, cpus / count)["labelled_states_per_s"]
 
     def raw() -> tuple[float, float]:
         steps = workers.rate(env_jobs(ctx, env["num_envs"], env["processes"], env["threads_per_process"]), warmup, window)
@@ -46,14 +45,14 @@ def _round(ctx: BenchContext, name: str, ceiling: dict, count: int, cpus: float,
                                              forward["best_threads"]), warmup, window)
         return steps, forwards
 
-    if system_first:
-        labelled = system()
-        steps, forwards = raw()
-    else:
-        steps, forwards = raw()
-        labelled = system()
+    before = raw()
+    labelled = collectors_rate(ctx, prepared, count, tag, cpus / count)["labelled_states_per_s"]
+    after = raw()
+    # rates averaged as times per state (harmonic means), as the ceiling itself adds them
+    steps, forwards = (2.0 / (1.0 / a + 1.0 / b) for a, b in zip(before, after))
     bound = 1.0 / (1.0 / steps + 1.0 / forwards)
     return {"env_steps_per_s": steps, "forward_states_per_s": forwards, "ceiling_states_per_s": bound,
+            "ceiling_before": 1.0 / sum(1.0 / r for r in before), "ceiling_after": 1.0 / sum(1.0 / r for r in after),
             "system_states_per_s": labelled, "system_vs_ceiling": labelled / bound}
 
 
@@ -75,11 +74,12 @@ def run_paired(ctx: BenchContext, ceiling: dict, system: dict, log: Callable[[st
     for index in range(rounds_asked):
         for name in names:
             count = system["engines"][name]["collectors"]
-            measured = _round(ctx, name, ceiling, count, cpus, index % 2 == 1, states, f"paired-{name}-{index}")
+            measured = _round(ctx, name, ceiling, count, cpus, states, f"paired-{name}-{index}")
             by_engine[name].append(measured)
             log(f"paired: round {index + 1}, {name}: system {measured['system_states_per_s']:,.0f} / ceiling "
                 f"{measured['ceiling_states_per_s']:,.0f} = {measured['system_vs_ceiling']:.2f} "
-                f"(env {measured['env_steps_per_s']:,.0f}, forward {measured['forward_states_per_s']:,.0f})")
+                f"(env {measured['env_steps_per_s']:,.0f}, forward {measured['forward_states_per_s']:,.0f}; ceiling "
+                f"{measured['ceiling_before']:,.0f} before the system, {measured['ceiling_after']:,.0f} after)")
     torch = by_engine[REFERENCE]
     engines = {}
     for name, rounds in by_engine.items():
@@ -94,5 +94,5 @@ def run_paired(ctx: BenchContext, ceiling: dict, system: dict, log: Callable[[st
                                                     for r, t in zip(rounds, torch))}
     return {"rounds": rounds_asked, "engines": engines,
             "note": "per engine and round: env, forward and system windows back to back at the sweeps' best "
-                    "layouts (odd rounds system first); headline ratios are medians of the per-round ratios (the "
+                    "layouts, the raw pair timed before and after the system; headline ratios are medians of the per-round ratios (the "
                     "lower middle one for an even count), and system/ceiling's rates are its median round's"}

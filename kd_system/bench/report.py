@@ -224,7 +224,7 @@ def render(results: dict) -> str:
     if "paired" in results:
         for name, e in results["paired"]["engines"].items():
             ratios = ", ".join(f"{r['system_vs_ceiling']:.2f}" for r in e["rounds"])
-            lines.append(f"paired {name}: system / ceiling per round {ratios} (odd rounds system first); "
+            lines.append(f"paired {name}: system / ceiling per round {ratios} (raw windows before and after each system window); "
                          f"median {e['system_vs_ceiling']:.2f}")
     if "feed" in results:
         f = results["feed"]
