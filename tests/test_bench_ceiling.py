@@ -80,6 +80,14 @@ def test_paired_rounds_give_the_headline_ratios():
     assert headline(ceiling_section, system_section, FLOOR)["vs_ceiling_from"] == "sweeps"
 
 
+def test_the_median_round_is_a_real_round_with_an_even_count_too():
+    """Its ratio is one round's own (the lower middle one for an even count), so its rates make it."""
+    from kd_system.bench.paired import median_round
+
+    rounds = [{"system_vs_ceiling": r} for r in (0.9, 1.1, 0.8, 1.0)]
+    assert median_round(rounds) == 0 and median_round(rounds[:3]) == 0 and median_round(rounds[1:]) == 2
+    assert median_round(rounds[:1]) == 0
+
 def test_engines_option():
     assert parse_engines(None) == ("torch",)
     assert parse_engines("onnxruntime-int8,onnxruntime") == ("torch", "onnxruntime", "onnxruntime-int8")
