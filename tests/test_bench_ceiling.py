@@ -117,6 +117,7 @@ def check_headline(result: dict) -> None:
         assert figures_["ceiling_states_per_s"] == pytest.approx(1 / (1 / env + 1 / forward))
         assert figures_["ceiling_states_per_s"] < min(env, forward)
         assert system["engines"][name]["states_per_s"] > 0
+        assert 0.0 <= system["engines"][name]["host_idle_fraction"] <= 1.0
     for key in ("system_vs_ceiling", "engine_forward_speedup", "engine_agreement", "engine_system_vs_ceiling"):
         assert result["vs_ceiling"][key] == result[key] and isinstance(result["meets"][key], bool)
 
@@ -134,6 +135,7 @@ def check_paired(result: dict) -> None:
             # the raw pair before and after the system window, averaged as times per state
             assert 1 / r["ceiling_states_per_s"] == pytest.approx((1 / r["ceiling_before"] + 1 / r["ceiling_after"]) / 2)
             assert r["system_vs_ceiling"] == pytest.approx(r["system_states_per_s"] / r["ceiling_states_per_s"])
+            assert 0.0 <= r["system_host_idle"] <= 1.0  # read from the kernel over the system window
         mid = e["rounds"][e["median_round"] - 1]  # its rates make the headline ratio
         assert e["system_vs_ceiling"] == statistics.median_low(r["system_vs_ceiling"] for r in e["rounds"])
         assert e["system_vs_ceiling"] == mid["system_vs_ceiling"]
@@ -164,6 +166,7 @@ def test_ceiling_and_system_on_cartpole_with_an_engine_below_the_floor(tmp_path,
     table = capsys.readouterr().out
     assert "hardware ceiling, torch" in table and "onnxruntime-int8" in table
     assert "of 2)" in table and "median round (" in table and "paired torch: system / ceiling per round" in table
+    assert "host idle in the system windows" in table
 
 
 @pytest.mark.slow

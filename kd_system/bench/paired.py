@@ -46,14 +46,16 @@ def _round(ctx: BenchContext, name: str, ceiling: dict, count: int, cpus: float,
         return steps, forwards
 
     before = raw()
-    labelled = collectors_rate(ctx, prepared, count, tag, cpus / count)["labelled_states_per_s"]
+    system = collectors_rate(ctx, prepared, count, tag, cpus / count)
     after = raw()
     # rates averaged as times per state (harmonic means), as the ceiling itself adds them
     steps, forwards = (2.0 / (1.0 / a + 1.0 / b) for a, b in zip(before, after))
     bound = 1.0 / (1.0 / steps + 1.0 / forwards)
     return {"env_steps_per_s": steps, "forward_states_per_s": forwards, "ceiling_states_per_s": bound,
             "ceiling_before": 1.0 / sum(1.0 / r for r in before), "ceiling_after": 1.0 / sum(1.0 / r for r in after),
-            "system_states_per_s": labelled, "system_vs_ceiling": labelled / bound}
+            "system_states_per_s": system["labelled_states_per_s"],
+            "system_vs_ceiling": system["labelled_states_per_s"] / bound,
+            "system_host_idle": system["host_idle_fraction"]}
 
 
 def median_round(rounds: list[dict[str, float]]) -> int:

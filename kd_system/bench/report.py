@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from kd_system.bench.report_details import engine_line, inference_lines, nodes_lines
+from kd_system.bench.report_details import engine_line, idle_note, inference_lines, nodes_lines
 from kd_system.bench.report_details import rate as _rate
 
 # The acceptance figures of the issue (Pong, Nature-CNN teacher, 2 cores): (section, key, op, bound).
@@ -220,12 +220,16 @@ def render(results: dict) -> str:
         for name, e in sy["engines"].items():
             parts = " | ".join(f"{part} {share:.0%}" for part, share in e["time_fractions"].items())
             counts = ", ".join(f"{c}: {_rate(r)}" for c, r in e["by_collectors"].items())
-            lines.append(f"system {name}: states/s by collectors {counts}; collector time {parts}")
+            lines.append(f"system {name}: states/s by collectors {counts}; collector time {parts}"
+                         + idle_note(e.get("host_idle_fraction")))
     if "paired" in results:
         for name, e in results["paired"]["engines"].items():
             ratios = ", ".join(f"{r['system_vs_ceiling']:.2f}" for r in e["rounds"])
+            idle = [r.get("system_host_idle") for r in e["rounds"]]
             lines.append(f"paired {name}: system / ceiling per round {ratios} (raw windows before and after each system window); "
-                         f"median {e['system_vs_ceiling']:.2f}")
+                         f"median {e['system_vs_ceiling']:.2f}" + (
+                             "; host idle in the system windows " + ", ".join(f"{i:.1%}" for i in idle)
+                             if all(i is not None for i in idle) else ""))
     if "feed" in results:
         f = results["feed"]
         lines.append(f"feed: today's update {f['real_update_s'] * 1e3:,.1f} ms ({_rate(f['real_updates_per_s'])}/s); the "

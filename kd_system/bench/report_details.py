@@ -8,6 +8,13 @@ def rate(value: float) -> str:
     return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
 
+def idle_note(fraction: float | None) -> str:
+    """The host's idle share over a system window (bench/host_cpu.py), when it was read."""
+    if fraction is None:
+        return ""
+    return f"; host idle {fraction:.1%} (near 0: the cores were full, so the gap to the ceiling is cost per state)"
+
+
 def engine_line(results: dict) -> list[str]:
     section = results.get("system") or results.get("ceiling")
     if section is None:
