@@ -79,9 +79,11 @@ def test_training_resumes_from_its_own_resume_point(tmp_path):
     weights = load_file(str(out / "checkpoint" / "q_net.safetensors"))
     assert first["env_steps"] == 1000 and first["resumes"] == [] and len(first["evals"]) == 1
     assert _driver(out, "--total-steps", "1000") == 2  # a finished part is not overwritten without --resume
-    assert _driver(out, "--total-steps", "2000", "--resume") == 0
+    assert first["final_epsilons"] == [[0, 0.01]]
+    assert _driver(out, "--total-steps", "2000", "--resume", "--final-epsilon", "0.05") == 0
     second = json.loads((out / "checkpoint" / "state.json").read_text())
     assert second["env_steps"] == 2000 and second["resumes"] == [1000]
+    assert second["final_epsilons"] == [[0, 0.01], [1000, 0.05]]  # a part that changed it says from where
     assert second["wall_s"] > first["wall_s"] and [e["env_steps"] for e in second["evals"]] == [1000, 2000]
     assert (out / "best.zip").exists()  # what kd-system teacher import reads
     assert set(load_file(str(out / "checkpoint" / "q_net.safetensors"))) == set(weights)
@@ -125,6 +127,10 @@ def test_the_training_record_describes_the_last_best_evaluation(tmp_path):
     assert (record["env_steps"], record["wall_s"], record["parts"]) == (30_000, 500.0, 2)
     assert [e["env_steps"] for e in record["evaluations"]] == [10_000, 20_000, 30_000]
     assert "8 games each, epsilon 0.05" in record["evaluation_protocol"]
+    assert "epsilon to 0.01 over 250,000 steps, learning" in record["settings"]  # a state from before the option
+
+    changed = {**state, "final_epsilons": [[0, 0.01], [25_000, 0.05], [35_000, 0.02]]}
+    assert "epsilon to 0.01 over 250,000 steps; 0.05 from 25,000 steps, learning" in training_record(changed, args)["settings"]
 
     assert main(["--out", str(tmp_path), "--record"]) == 2  # nothing trained there yet
     (tmp_path / "checkpoint").mkdir()

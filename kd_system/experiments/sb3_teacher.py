@@ -9,6 +9,10 @@ env is ours (``envs.make_training_env``: the actors' exact frames, life loss end
 rewards clipped), so the result imports with ``kd-system teacher import`` at parity and is
 evaluated under our protocol there.
 
+``--final-epsilon`` (default 0.01, the Zoo's) may change between parts; ``state.json`` and the
+training record keep from which step each value held. The evaluation protocol plays at 0.05, and a
+network trained at 0.01 scored 5-7 points a game less there than at 0.01 (2026-12-07).
+
 It uses 3-step returns (``n_steps=3``, as our RLlib defaults do; Hessel et al. 2018 found them
 among Rainbow's most useful parts), also not in the Zoo's file.
 
@@ -55,6 +59,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if it exists")
     p.add_argument("--total-steps", type=int, default=3_000_000, help="the schedule's horizon and the step budget")
     p.add_argument("--explore-steps", type=int, default=250_000)
+    p.add_argument("--final-epsilon", type=float, default=0.01,
+                   help="epsilon once annealed (the Zoo: 0.01); a resumed part may change it, and state.json "
+                        "and the training record say from which step")
     p.add_argument("--learning-starts", type=int, default=20_000)
     p.add_argument("--refill-steps", type=int, default=REPLAY_SIZE,
                    help="on --resume, steps the restored network plays into the empty replay before learning again")
@@ -73,8 +80,21 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 RECORD_FILE = "best.training.json"
 REPLAY_SIZE = 100_000
 SETTINGS = ("RL Zoo Atari DQN settings (replay 100k, Adam 1e-4, batch 32, train every 4 steps, target sync every "
-            "1,000) with epsilon to 0.01 over {explore:,} steps, learning from {starts:,} steps, 3-step returns; "
+            "1,000) with epsilon to {epsilons}, learning from {starts:,} steps, 3-step returns; "
             "kd_system/experiments/sb3_teacher.py")
+ZOO_FINAL_EPSILON = 0.01  # what a state.json from before --final-epsilon trained with
+
+
+def final_epsilons(state: dict) -> list[list]:
+    """[[from env step, final epsilon], ...] of a training so far."""
+    return state.get("final_epsilons") or [[0, ZOO_FINAL_EPSILON]]
+
+
+def epsilon_text(state: dict, explore: int, upto: int) -> str:
+    """'0.01 over 250,000 steps', and '; 0.05 from 2,192,370 steps' for each part up to env step
+    ``upto`` that changed it."""
+    changes = [(int(at), eps) for at, eps in final_epsilons(state) if at <= upto]
+    return f"{changes[0][1]:g} over {explore:,} steps" + "".join(f"; {eps:g} from {at:,} steps" for at, eps in changes[1:])
 
 
 def _hardware() -> str:
@@ -93,7 +113,8 @@ def training_record(state: dict, args: argparse.Namespace) -> dict:
     return {"trainer": f"Stable-Baselines3 {stable_baselines3.__version__} DQN (CnnPolicy)",
             "env_steps": int(best["env_steps"]), "wall_s": float(best["wall_s"]), "hardware": _hardware(),
             "parts": 1 + sum(1 for r in state["resumes"] if r < best["env_steps"]),
-            "settings": SETTINGS.format(explore=args.explore_steps, starts=args.learning_starts),
+            "settings": SETTINGS.format(epsilons=epsilon_text(state, args.explore_steps, int(best["env_steps"])),
+                                        starts=args.learning_starts),
             "evaluations": [{"env_steps": int(e["env_steps"]), "mean": float(e["mean"])}
                             for e in state["evals"] if e["env_steps"] <= best["env_steps"]],
             "evaluation_protocol": f"{args.eval_episodes} games each, epsilon {eval_epsilon(args.env):g}, sticky actions",
@@ -170,13 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     resumed_at = int(state["env_steps"])
     if resumed_at:
         state["resumes"].append(resumed_at)  # before the seed: a resumed part does not replay the first's
+    epsilons = final_epsilons(state) if resumed_at else [[0, args.final_epsilon]]
+    if epsilons[-1][1] != args.final_epsilon:
+        epsilons.append([resumed_at, args.final_epsilon])  # the refill already plays at the new one
+    state["final_epsilons"] = epsilons
     fresh, resumed = _dqn_class()
     warmup = args.refill_steps if resumed_at else args.learning_starts
     dqn = resumed if resumed_at else fresh
     model = dqn("CnnPolicy", env, buffer_size=REPLAY_SIZE, learning_rate=1e-4, batch_size=32, n_steps=3,
                 learning_starts=resumed_at + warmup, target_update_interval=1000, train_freq=4,
                 gradient_steps=1, exploration_fraction=args.explore_steps / args.total_steps,
-                exploration_final_eps=0.01, seed=args.seed + len(state["resumes"]), device="cpu", verbose=0)
+                exploration_final_eps=args.final_epsilon, seed=args.seed + len(state["resumes"]), device="cpu", verbose=0)
     without_sb3_logger(model)
     if resumed_at:
         weights = load_file(ckpt / "q_net.safetensors")
