@@ -84,6 +84,9 @@ def test_training_resumes_from_its_own_resume_point(tmp_path):
     second = json.loads((out / "checkpoint" / "state.json").read_text())
     assert second["env_steps"] == 2000 and second["resumes"] == [1000]
     assert second["final_epsilons"] == [[0, 0.01], [1000, 0.05]]  # a part that changed it says from where
+    assert _driver(out, "--total-steps", "2500", "--resume") == 0
+    third = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert third["final_epsilons"] == second["final_epsilons"]  # a plain --resume keeps the last part's
     assert second["wall_s"] > first["wall_s"] and [e["env_steps"] for e in second["evals"]] == [1000, 2000]
     assert (out / "best.zip").exists()  # what kd-system teacher import reads
     assert set(load_file(str(out / "checkpoint" / "q_net.safetensors"))) == set(weights)

@@ -9,7 +9,7 @@ env is ours (``envs.make_training_env``: the actors' exact frames, life loss end
 rewards clipped), so the result imports with ``kd-system teacher import`` at parity and is
 evaluated under our protocol there.
 
-``--final-epsilon`` (default 0.01, the Zoo's) may change between parts; ``state.json`` and the
+``--final-epsilon`` (the Zoo's 0.01 for a new training; a resume keeps the last part's) may change between parts; ``state.json`` and the
 training record keep from which step each value held. The evaluation protocol plays at 0.05, and a
 network trained at 0.01 scored 5-7 points a game less there than at 0.01 (2026-12-07).
 
@@ -59,9 +59,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if it exists")
     p.add_argument("--total-steps", type=int, default=3_000_000, help="the schedule's horizon and the step budget")
     p.add_argument("--explore-steps", type=int, default=250_000)
-    p.add_argument("--final-epsilon", type=float, default=0.01,
-                   help="epsilon once annealed (the Zoo: 0.01); a resumed part may change it, and state.json "
-                        "and the training record say from which step")
+    p.add_argument("--final-epsilon", type=float, default=None,
+                   help="epsilon once annealed: the Zoo's 0.01 for a new training, the last part's on --resume; "
+                        "a resumed part may change it, and state.json and the training record say from which step")
     p.add_argument("--learning-starts", type=int, default=20_000)
     p.add_argument("--refill-steps", type=int, default=REPLAY_SIZE,
                    help="on --resume, steps the restored network plays into the empty replay before learning again")
@@ -191,17 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     resumed_at = int(state["env_steps"])
     if resumed_at:
         state["resumes"].append(resumed_at)  # before the seed: a resumed part does not replay the first's
-    epsilons = final_epsilons(state) if resumed_at else [[0, args.final_epsilon]]
-    if epsilons[-1][1] != args.final_epsilon:
-        epsilons.append([resumed_at, args.final_epsilon])  # the refill already plays at the new one
-    state["final_epsilons"] = epsilons
+    epsilons = final_epsilons(state) if resumed_at else [[0, ZOO_FINAL_EPSILON]]
+    final_eps = epsilons[-1][1] if args.final_epsilon is None else args.final_epsilon
+    if final_eps != epsilons[-1][1]:
+        epsilons = epsilons + [[resumed_at, final_eps]] if resumed_at else [[0, final_eps]]
+    state["final_epsilons"] = epsilons  # the refill already plays at the new one
     fresh, resumed = _dqn_class()
     warmup = args.refill_steps if resumed_at else args.learning_starts
     dqn = resumed if resumed_at else fresh
     model = dqn("CnnPolicy", env, buffer_size=REPLAY_SIZE, learning_rate=1e-4, batch_size=32, n_steps=3,
                 learning_starts=resumed_at + warmup, target_update_interval=1000, train_freq=4,
                 gradient_steps=1, exploration_fraction=args.explore_steps / args.total_steps,
-                exploration_final_eps=args.final_epsilon, seed=args.seed + len(state["resumes"]), device="cpu", verbose=0)
+                exploration_final_eps=final_eps, seed=args.seed + len(state["resumes"]), device="cpu", verbose=0)
     without_sb3_logger(model)
     if resumed_at:
         weights = load_file(ckpt / "q_net.safetensors")
