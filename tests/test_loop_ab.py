@@ -14,7 +14,8 @@ def test_layouts_are_parsed_over_the_defaults():
 
 @pytest.mark.parametrize("text, fragment", [("threads=2", "KEY one of envs, groups, pin"),
                                             ("envs=many", "envs takes a whole number"),
-                                            ("groups=3", "groups 1 or 2"), ("envs", "KEY=VALUE")])
+                                            ("groups=3", "groups 1 or 2"), ("envs", "KEY=VALUE"),
+                                            ("pin=maybe", "pin takes 1 or 0")])
 def test_bad_layouts_are_one_line_and_status_2(text, fragment, capsys):
     assert main(["--a", text, "--pairs", "1"]) == 2
     err = capsys.readouterr().err.strip()
@@ -34,19 +35,29 @@ def test_two_layouts_alternate_on_the_shipped_cartpole_teacher(tmp_path, capsys)
     assert "median" in capsys.readouterr().out
 
 
-def test_a_pinned_loop_runs_on_one_core_and_the_next_unpinned_one_on_all_again():
+def _affinities_after_loops() -> list[int]:
+    """In a spawned process (pinning the test process would pin every thread it makes later): the
+    cores each loop's process runs on, a pinned layout and then an unpinned one, as a reused worker."""
     import os
 
     from kd_system.bench.context import choose_teacher
     from kd_system.bench.loop_ab import labelling_loop
     from kd_system.envs.make import env_spaces
 
-    every = os.sched_getaffinity(0)
     bundle = choose_teacher("CartPole-v1", None, env_spaces("CartPole-v1")).bundle
-    try:
-        for layout, expected in ((Layout(envs=2, pin=True), 1), (Layout(envs=2), len(every))):
-            step, close = labelling_loop("CartPole-v1", bundle, layout, 1, 1.0)
-            assert step() == 2 and len(os.sched_getaffinity(0)) == expected
-            close()
-    finally:
-        os.sched_setaffinity(0, every)
+    seen = []
+    for layout in (Layout(envs=2, pin=True), Layout(envs=2)):
+        step, close = labelling_loop("CartPole-v1", bundle, layout, 1, 1.0)
+        assert step() == 2
+        seen.append(len(os.sched_getaffinity(0)))
+        close()
+    return seen
+
+
+def test_a_pinned_loop_runs_on_one_core_and_the_next_unpinned_one_on_all_again():
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(_affinities_after_loops).result(timeout=120) == [1, len(os.sched_getaffinity(0))]

@@ -117,7 +117,8 @@ def test_sigterm_saves_a_resume_point_and_exits(tmp_path):
 def test_the_training_record_describes_the_last_best_evaluation(tmp_path):
     """best.zip is saved at an evaluation that ties or beats every earlier one: the record names the
     last one reaching the best mean, with the parts and evaluations up to it."""
-    from kd_system.experiments.sb3_teacher import RECORD_FILE, _args, main, training_record
+    from kd_system.experiments.sb3_record import RECORD_FILE, training_record
+    from kd_system.experiments.sb3_teacher import _args, main
     from kd_system.teachers.imports.training_record import load_training_record
 
     state = {"wall_s": 900.0, "env_steps": 40_000, "best_eval": -11.0, "resumes": [15_000, 35_000],
@@ -142,3 +143,29 @@ def test_the_training_record_describes_the_last_best_evaluation(tmp_path):
     assert main(["--out", str(tmp_path), "--record"]) == 0
     loaded = load_training_record(tmp_path / RECORD_FILE)  # what teacher import --training reads
     assert loaded.env_steps == 30_000 and loaded.steps_per_s == 60.0
+
+
+def test_the_settings_text_names_only_the_epsilons_that_trained_the_weights():
+    from kd_system.experiments.sb3_record import epsilon_text
+
+    state = {"final_epsilons": [[0, 0.01], [1_000_000, 0.05]]}
+    assert epsilon_text(state, 250_000, 1_000_000) == "0.01 over 250,000 steps"  # changed at the best step itself
+    assert epsilon_text(state, 250_000, 1_050_000) == "0.01 over 250,000 steps; 0.05 from 1,000,000 steps"
+    assert epsilon_text({}, 250_000, 10) == "0.01 over 250,000 steps"  # a state.json from before the option
+
+
+def test_an_epsilon_outside_0_1_is_refused_before_anything_is_written(tmp_path, capsys):
+    assert _driver(tmp_path / "pong", "--final-epsilon", "1.5") == 2
+    assert "--final-epsilon 1.5" in capsys.readouterr().err and not (tmp_path / "pong").exists()
+
+
+def test_each_part_says_from_which_step_its_epsilon_held():
+    from kd_system.experiments.sb3_record import with_final_epsilon
+
+    zoo = [[0, 0.01]]
+    assert with_final_epsilon(zoo, 0, None) == zoo and with_final_epsilon(zoo, 0, 0.05) == [[0, 0.05]]  # a new training
+    changed = with_final_epsilon(zoo, 2_000, 0.05)
+    assert changed == [[0, 0.01], [2_000, 0.05]]
+    assert with_final_epsilon(changed, 3_000, None) == changed  # a plain --resume keeps the last part's
+    assert with_final_epsilon(changed, 2_000, 0.02) == [[0, 0.01], [2_000, 0.02]]  # stopped before training: replaced
+    assert with_final_epsilon(changed, 2_000, 0.01) == zoo  # and back to where it was, with no empty stretch

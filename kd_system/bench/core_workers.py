@@ -11,9 +11,11 @@ forked child would inherit half-made.
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from kd_system.bench.host_cpu import idle_fraction, read_cpu_times
 from kd_system.errors import KDError
 
 # A job: a module-level factory (picklable by name) and its arguments. In the worker it returns the
@@ -74,6 +76,11 @@ class CoreWorkers:
 
     def rate(self, jobs: list[Job], warmup_s: float, window_s: float) -> float:
         """Units per second of all ``jobs`` together, one per worker, timed over the same window."""
+        return self.timed_rate(jobs, warmup_s, window_s)[0]
+
+    def timed_rate(self, jobs: list[Job], warmup_s: float, window_s: float) -> tuple[float, float | None]:
+        """``rate``, and the host's idle share over the timed window: read once the warm-up that
+        follows "go" is over (setup comes before it) and again when the last worker reports."""
         if len(jobs) > len(self.pipes):
             raise ValueError(f"{len(jobs)} jobs for {len(self.pipes)} workers")
         pipes = self.pipes[:len(jobs)]
@@ -86,11 +93,13 @@ class CoreWorkers:
                 pipe.send("go" if not errors else "skip")
         if errors:
             raise KDError(f"bench: a ceiling worker failed while setting up: {errors[0]}")
+        time.sleep(warmup_s)
+        before = read_cpu_times()
         done = [_receive(pipe) for pipe in pipes]
         errors = [detail for kind, detail in done if kind == "error"]
         if errors:
             raise KDError(f"bench: a ceiling worker failed while timing: {errors[0]}")
-        return sum(rate for _, rate in done)
+        return sum(rate for _, rate in done), idle_fraction(before, read_cpu_times())
 
     def close(self) -> None:
         for pipe in self.pipes:

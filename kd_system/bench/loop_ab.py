@@ -10,6 +10,8 @@ section of ``kd-system bench`` adds those). Why alternate: on a shared VM the ma
 by a third within minutes, so a layout timed minutes after another tells nothing; a pair's ratio,
 and the median of those, does. The order flips every pair (AB, BA, ...) so a steady drift cancels.
 Each window also records the host's idle share: near 0 means the loops kept every core busy.
+Emulator threads follow the actors' rule (envs.vector): per group, the loop's cores (its CPU share,
+or the one it is pinned to) over its groups, at least one; with a loop per core both give one.
 The teacher is the shipped one for the env, or a seeded random Nature CNN for Atari (bench.context).
 """
 from __future__ import annotations
@@ -23,10 +25,10 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from kd_system.bench.core_workers import CoreWorkers, Job
-from kd_system.bench.host_cpu import idle_fraction, read_cpu_times
 from kd_system.errors import KDError
 
 
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 _EVERY_CORE: frozenset[int] | None = None  # a worker's cores before any pinning
 
 
@@ -48,8 +50,13 @@ def parse_layout(text: str, base: Layout = Layout()) -> Layout:
         key, _, value = part.partition("=")
         if key not in known or not value:
             raise ValueError(f"{part!r}: write KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        if key == "pin":
+            if value.lower() not in _TRUE + _FALSE:
+                raise ValueError(f"{part!r}: pin takes 1 or 0")
+            changes[key] = value.lower() in _TRUE
+            continue
         try:
-            changes[key] = value.lower() in ("1", "true", "yes") if key == "pin" else int(value)
+            changes[key] = int(value)
         except ValueError:
             raise ValueError(f"{part!r}: {key} takes a whole number") from None
     layout = replace(base, **changes)
@@ -89,10 +96,8 @@ def run(env_id: str, a: Layout, b: Layout, pairs: int, loops: int, warmup_s: flo
             order = (("a", a), ("b", b)) if pair % 2 == 0 else (("b", b), ("a", a))
             for name, layout in order:
                 jobs = [Job(labelling_loop, (env_id, teacher.bundle, layout, i, cpus)) for i in range(loops)]
-                before = read_cpu_times()
-                rate = workers.rate(jobs, warmup_s, window_s)
-                windows.append({"pair": pair + 1, "layout": name, "states_per_s": rate,
-                                "host_idle": idle_fraction(before, read_cpu_times())})
+                rate, idle = workers.timed_rate(jobs, warmup_s, window_s)
+                windows.append({"pair": pair + 1, "layout": name, "states_per_s": rate, "host_idle": idle})
                 log(f"pair {pair + 1}, {name} ({layout.describe()}): {rate:,.0f} labelled states/s")
     rate = {(w["pair"], w["layout"]): w["states_per_s"] for w in windows}
     ratios = [rate[(p, "b")] / rate[(p, "a")] for p in range(1, pairs + 1)]

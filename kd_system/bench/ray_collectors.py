@@ -8,7 +8,7 @@ from typing import Any
 
 import ray
 
-from kd_system.bench.host_cpu import idle_fraction, read_cpu_times
+from kd_system.bench.host_cpu import idle_fraction, read_cpu_times, steal_fraction
 from kd_system.errors import KDError
 from kd_system.launch.recovery import ACTOR_CALL_S
 from kd_system.launch.preparation import Prepared
@@ -70,7 +70,8 @@ def measure_collectors(collectors: list[Any], warmup_s: float, window_s: float) 
         if time.perf_counter() - start < window_s:
             pending[call(index)] = index
     elapsed = time.perf_counter() - start
-    host_idle = idle_fraction(cpu_before, read_cpu_times())
+    cpu_after = read_cpu_times()
+    host_idle, host_steal = idle_fraction(cpu_before, cpu_after), steal_fraction(cpu_before, cpu_after)
     states = sum(a.states_written - b.states_written for a, b in zip(after, before))
     # Written states come a whole chunk (256) at a time per collector, labelled ones one env step at a
     # time: over a short window the labelled count is the finer measure of the same steady rate.
@@ -82,4 +83,4 @@ def measure_collectors(collectors: list[Any], warmup_s: float, window_s: float) 
             "labelled_states_per_s_by_collector": [(a.env_steps - b.env_steps) / elapsed for a, b in zip(after, before)],
             "time_fractions": {**busy, "other": max(0.0, 1.0 - sum(busy.values()))},
             # idle cores would mean a scheduling gap; none means each state costs more than alone
-            "host_idle_fraction": host_idle}
+            "host_idle_fraction": host_idle, "host_steal_fraction": host_steal}

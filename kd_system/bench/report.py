@@ -221,7 +221,7 @@ def render(results: dict) -> str:
             parts = " | ".join(f"{part} {share:.0%}" for part, share in e["time_fractions"].items())
             counts = ", ".join(f"{c}: {_rate(r)}" for c, r in e["by_collectors"].items())
             lines.append(f"system {name}: states/s by collectors {counts}; collector time {parts}"
-                         + idle_note(e.get("host_idle_fraction")))
+                         + idle_note(e.get("host_idle_fraction"), e.get("host_steal_fraction")))
     if "paired" in results:
         for name, e in results["paired"]["engines"].items():
             ratios = ", ".join(f"{r['system_vs_ceiling']:.2f}" for r in e["rounds"])

@@ -8,11 +8,12 @@ def rate(value: float) -> str:
     return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
 
-def idle_note(fraction: float | None) -> str:
-    """The host's idle share over a system window (bench/host_cpu.py), when it was read."""
+def idle_note(fraction: float | None, steal: float | None = None) -> str:
+    """The host's idle (and the hypervisor's steal) share over a system window (bench/host_cpu.py)."""
     if fraction is None:
         return ""
-    return f"; host idle {fraction:.1%} (near 0: the cores were full, so the gap to the ceiling is cost per state)"
+    return (f"; host idle {fraction:.1%}" + (f", stolen {steal:.1%}" if steal else "")
+            + " (idle near 0: the cores were busy, with our states, Ray and Redis, not waiting)")
 
 
 def engine_line(results: dict) -> list[str]:

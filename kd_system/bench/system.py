@@ -48,6 +48,7 @@ def run_system(ctx: BenchContext, log: Callable[[str], None]) -> dict[str, Any]:
                          "written_states_per_s": by_count[best]["states_per_s"],
                          "time_fractions": by_count[best]["time_fractions"],
                          "host_idle_fraction": by_count[best]["host_idle_fraction"],
+                         "host_steal_fraction": by_count[best]["host_steal_fraction"],
                          "by_collectors": {c: f["labelled_states_per_s"] for c, f in by_count.items()},
                          **fidelity_record(engine, ctx.agreement_floor)}
     return {"engines": figures, "collector_counts": list(counts), "num_envs_per_actor": ctx.num_envs,

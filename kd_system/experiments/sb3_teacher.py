@@ -11,7 +11,7 @@ evaluated under our protocol there.
 
 ``--final-epsilon`` (the Zoo's 0.01 for a new training; a resume keeps the last part's) may change between parts; ``state.json`` and the
 training record keep from which step each value held. The evaluation protocol plays at 0.05, and a
-network trained at 0.01 scored 5-7 points a game less there than at 0.01 (2026-12-07).
+network trained at 0.01 scored 5-7 points a game less at 0.05 than at 0.01 (2026-12-07).
 
 It uses 3-step returns (``n_steps=3``, as our RLlib defaults do; Hessel et al. 2018 found them
 among Rainbow's most useful parts), also not in the Zoo's file.
@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 from kd_system.envs.make import make_training_env
 from kd_system.evaluation.episodes import run_episodes
 from kd_system.experiments.sb3_logger import without_sb3_logger
+from kd_system.experiments.sb3_record import RECORD_FILE, final_epsilons, with_final_epsilon, write_record
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,54 +78,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-RECORD_FILE = "best.training.json"
 REPLAY_SIZE = 100_000
-SETTINGS = ("RL Zoo Atari DQN settings (replay 100k, Adam 1e-4, batch 32, train every 4 steps, target sync every "
-            "1,000) with epsilon to {epsilons}, learning from {starts:,} steps, 3-step returns; "
-            "kd_system/experiments/sb3_teacher.py")
-ZOO_FINAL_EPSILON = 0.01  # what a state.json from before --final-epsilon trained with
-
-
-def final_epsilons(state: dict) -> list[list]:
-    """[[from env step, final epsilon], ...] of a training so far."""
-    return state.get("final_epsilons") or [[0, ZOO_FINAL_EPSILON]]
-
-
-def epsilon_text(state: dict, explore: int, upto: int) -> str:
-    """'0.01 over 250,000 steps', and '; 0.05 from 2,192,370 steps' for each part up to env step
-    ``upto`` that changed it."""
-    changes = [(int(at), eps) for at, eps in final_epsilons(state) if at <= upto]
-    return f"{changes[0][1]:g} over {explore:,} steps" + "".join(f"; {eps:g} from {at:,} steps" for at, eps in changes[1:])
-
-
-def _hardware() -> str:
-    # the core count only: a training resumed across sessions may run its parts on different CPU models
-    return f"{len(os.sched_getaffinity(0))} CPU cores, no GPU"
-
-
-def training_record(state: dict, args: argparse.Namespace) -> dict:
-    """How the weights of the best evaluation so far were trained (best.zip is saved at an evaluation
-    that ties or beats every earlier one, so it is the last one reaching the best mean)."""
-    import stable_baselines3
-
-    from kd_system.envs.protocol import eval_epsilon
-
-    best = [e for e in state["evals"] if e["mean"] == state["best_eval"]][-1]
-    return {"trainer": f"Stable-Baselines3 {stable_baselines3.__version__} DQN (CnnPolicy)",
-            "env_steps": int(best["env_steps"]), "wall_s": float(best["wall_s"]), "hardware": _hardware(),
-            "parts": 1 + sum(1 for r in state["resumes"] if r < best["env_steps"]),
-            "settings": SETTINGS.format(epsilons=epsilon_text(state, args.explore_steps, int(best["env_steps"])),
-                                        starts=args.learning_starts),
-            "evaluations": [{"env_steps": int(e["env_steps"]), "mean": float(e["mean"])}
-                            for e in state["evals"] if e["env_steps"] <= best["env_steps"]],
-            "evaluation_protocol": f"{args.eval_episodes} games each, epsilon {eval_epsilon(args.env):g}, sticky actions",
-            "command": f"python -m kd_system.experiments.sb3_teacher --env {args.env} --out OUT [--resume]"}
-
-
-def write_record(out: Path, state: dict, args: argparse.Namespace) -> None:
-    tmp = out / f"{RECORD_FILE}.tmp"
-    tmp.write_text(json.dumps(training_record(state, args), indent=1) + "\n")
-    os.replace(tmp, out / RECORD_FILE)
 
 
 class _Stop:
@@ -167,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     from stable_baselines3.common.monitor import Monitor
 
     args = _args(argv)
+    if args.final_epsilon is not None and not 0.0 <= args.final_epsilon <= 1.0:
+        print(f"[sb3-teacher] --final-epsilon {args.final_epsilon}: an epsilon lies in [0, 1]", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     ckpt = out / "checkpoint"
@@ -191,11 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     resumed_at = int(state["env_steps"])
     if resumed_at:
         state["resumes"].append(resumed_at)  # before the seed: a resumed part does not replay the first's
-    epsilons = final_epsilons(state) if resumed_at else [[0, ZOO_FINAL_EPSILON]]
-    final_eps = epsilons[-1][1] if args.final_epsilon is None else args.final_epsilon
-    if final_eps != epsilons[-1][1]:
-        epsilons = epsilons + [[resumed_at, final_eps]] if resumed_at else [[0, final_eps]]
-    state["final_epsilons"] = epsilons  # the refill already plays at the new one
+    state["final_epsilons"] = with_final_epsilon(final_epsilons(state), resumed_at, args.final_epsilon)
+    final_eps = state["final_epsilons"][-1][1]  # the refill already plays at it
     fresh, resumed = _dqn_class()
     warmup = args.refill_steps if resumed_at else args.learning_starts
     dqn = resumed if resumed_at else fresh

@@ -4,8 +4,8 @@ evaluations against env steps, with the score the teacher must reach.
     python -m kd_system.experiments.teacher_curve runs/pong-sb3/progress.jsonl curve.png --target 18
 
 The two series differ in more than the games they sample: the training plays at its schedule's
-epsilon (0.01 at the end) and the evaluation at the protocol's (0.05), so a policy that a random
-action in twenty hurts shows as a gap between them.
+epsilon (the Zoo's 0.01 once annealed, unless ``--final-epsilon`` changed it) and the evaluation
+at the protocol's (0.05), so a policy that a random action in twenty hurts shows as a gap.
 """
 from __future__ import annotations
 
@@ -25,19 +25,28 @@ ROLLING_GAMES = 20
 
 
 def read_progress(path: Path) -> tuple[list[dict], list[dict]]:
-    """(training games, evaluations) from a progress.jsonl that sb3_teacher writes."""
+    """(training games, evaluations) from a progress.jsonl that sb3_teacher writes. A part killed
+    between saves is replayed from its last save, so its log goes back in steps there: the records
+    of the lost stretch are dropped, the replay's kept. A last line cut short (a writer killed
+    mid-line, or read while training) is left out."""
+    lines = path.read_text().splitlines()
     games, evals = [], []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except ValueError:
+            if number == len(lines):
+                break
             raise ValueError(f"{path}:{number} is not a JSON record; pass the training's progress.jsonl") from None
-        if record.get("kind") == "episode":
-            games.append(record)
-        elif record.get("kind") == "eval":
-            evals.append(record)
+        kind = record.get("kind") if isinstance(record, dict) else None
+        if kind in ("episode", "eval"):
+            step = record["env_steps"]
+            if (games and games[-1]["env_steps"] > step) or (evals and evals[-1]["env_steps"] > step):
+                games = [g for g in games if g["env_steps"] <= step]  # the lost stretch, replayed from here on
+                evals = [e for e in evals if e["env_steps"] <= step]
+            (games if kind == "episode" else evals).append(record)
     if not games and not evals:
         raise ValueError(f"{path} holds no episode or eval records; pass the training's progress.jsonl")
     return games, evals

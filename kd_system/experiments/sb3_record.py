@@ -1,0 +1,68 @@
+"""What the SB3 teacher training keeps about itself beside its weights: the settings text (with the
+final epsilon of each stretch, since ``--final-epsilon`` may change between parts) and
+``best.training.json``, how the best evaluation's weights were trained, for ``kd-system teacher
+import --training`` to put on the model card."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+RECORD_FILE = "best.training.json"
+SETTINGS = ("RL Zoo Atari DQN settings (replay 100k, Adam 1e-4, batch 32, train every 4 steps, target sync every "
+            "1,000) with epsilon to {epsilons}, learning from {starts:,} steps, 3-step returns; "
+            "kd_system/experiments/sb3_teacher.py")
+ZOO_FINAL_EPSILON = 0.01  # what a state.json from before --final-epsilon trained with
+
+
+def final_epsilons(state: dict) -> list[list]:
+    """[[from env step, final epsilon], ...] of a training so far."""
+    return state.get("final_epsilons") or [[0, ZOO_FINAL_EPSILON]]
+
+
+def with_final_epsilon(epsilons: list[list], step: int, asked: float | None) -> list[list]:
+    """The stretches once a part starting at ``step`` trains at ``asked`` (None: the last part's).
+    A part that changed it at this same step (stopped before it trained) is replaced, not stacked."""
+    if asked is None or asked == epsilons[-1][1]:
+        return epsilons
+    kept = [e for e in epsilons if e[0] < step]
+    return kept if kept and kept[-1][1] == asked else kept + [[step, asked]]
+
+
+def epsilon_text(state: dict, explore: int, upto: int) -> str:
+    """'0.01 over 250,000 steps', and '; 0.05 from 2,192,370 steps' for each part up to env step
+    ``upto`` that changed it."""
+    first, *later = final_epsilons(state)  # a change at the best step itself trained none of its weights
+    changes = [(int(first[0]), first[1])] + [(int(at), eps) for at, eps in later if at < upto]
+    return f"{changes[0][1]:g} over {explore:,} steps" + "".join(f"; {eps:g} from {at:,} steps" for at, eps in changes[1:])
+
+
+def _hardware() -> str:
+    # the core count only: a training resumed across sessions may run its parts on different CPU models
+    return f"{len(os.sched_getaffinity(0))} CPU cores, no GPU"
+
+
+def training_record(state: dict, args: argparse.Namespace) -> dict:
+    """How the weights of the best evaluation so far were trained (best.zip is saved at an evaluation
+    that ties or beats every earlier one, so it is the last one reaching the best mean)."""
+    import stable_baselines3
+
+    from kd_system.envs.protocol import eval_epsilon
+
+    best = [e for e in state["evals"] if e["mean"] == state["best_eval"]][-1]
+    return {"trainer": f"Stable-Baselines3 {stable_baselines3.__version__} DQN (CnnPolicy)",
+            "env_steps": int(best["env_steps"]), "wall_s": float(best["wall_s"]), "hardware": _hardware(),
+            "parts": 1 + sum(1 for r in state["resumes"] if r < best["env_steps"]),
+            "settings": SETTINGS.format(epsilons=epsilon_text(state, args.explore_steps, int(best["env_steps"])),
+                                        starts=args.learning_starts),
+            "evaluations": [{"env_steps": int(e["env_steps"]), "mean": float(e["mean"])}
+                            for e in state["evals"] if e["env_steps"] <= best["env_steps"]],
+            "evaluation_protocol": f"{args.eval_episodes} games each, epsilon {eval_epsilon(args.env):g}, sticky actions",
+            "command": f"python -m kd_system.experiments.sb3_teacher --env {args.env} --out OUT [--resume]"}
+
+
+def write_record(out: Path, state: dict, args: argparse.Namespace) -> None:
+    tmp = out / f"{RECORD_FILE}.tmp"
+    tmp.write_text(json.dumps(training_record(state, args), indent=1) + "\n")
+    os.replace(tmp, out / RECORD_FILE)
