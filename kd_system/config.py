@@ -202,7 +202,8 @@ def resolve_teacher_path(checkpoint: str) -> Path:
         if not path.is_dir():
             names = sorted(p.parent.name for p in (PACKAGE_DIR / "teachers").glob("*/spec.json"))  # not __pycache__
             raise ConfigError(f"teacher.checkpoint: no shipped teacher {name!r} (shipped: {', '.join(names)}); "
-                              "train one with `kd-system teacher train --env ENV_ID --algo ppo --out DIR` and set "
-                              "teacher.checkpoint=DIR")
+                              "import yours with `kd-system teacher import SOURCE --env ENV_ID --out DIR` (SB3, CleanRL, "
+                              "RLlib, TorchScript, ONNX) or train one with `kd-system teacher train --env ENV_ID "
+                              "--algo ppo --out DIR`, and set teacher.checkpoint=DIR")
         return path
     return Path(checkpoint).expanduser()

@@ -169,3 +169,13 @@ def test_config_show_errors_are_one_line_with_exit_status_2(capsys):
     assert main(["config", "show", "--set", "learner.lrr=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("kd-system: error: unknown key learner.lrr")
+
+
+def test_a_teacher_that_is_not_shipped_names_the_shipped_ones_and_both_ways_to_get_one():
+    from kd_system.config import resolve_teacher_path
+
+    with pytest.raises(ConfigError) as raised:
+        resolve_teacher_path("shipped:no-such-game")
+    message = str(raised.value)
+    assert message.startswith("teacher.checkpoint: no shipped teacher 'no-such-game'") and "cartpole-v1" in message
+    assert "kd-system teacher import" in message and "kd-system teacher train" in message and "\n" not in message
