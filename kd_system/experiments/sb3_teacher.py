@@ -9,9 +9,10 @@ env is ours (``envs.make_training_env``: the actors' exact frames, life loss end
 rewards clipped), so the result imports with ``kd-system teacher import`` at parity and is
 evaluated under our protocol there.
 
-``--final-epsilon`` (the Zoo's 0.01 for a new training; a resume keeps the last part's) may change between parts; ``state.json`` and the
-training record keep from which step each value held. The evaluation protocol plays at 0.05, and a
-network trained at 0.01 scored 5-7 points a game less at 0.05 than at 0.01 (2026-12-07).
+``--final-epsilon`` (the Zoo's 0.01 for a new training; a resume keeps the last part's) may change
+between parts; ``state.json`` and the training record keep from which step each value held. The
+evaluation protocol plays at 0.05, and a network trained at 0.01 scored 5-7 points a game less at
+0.05 than at 0.01 (2026-12-07).
 
 It uses 3-step returns (``n_steps=3``, as our RLlib defaults do; Hessel et al. 2018 found them
 among Rainbow's most useful parts), also not in the Zoo's file.
