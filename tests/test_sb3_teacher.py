@@ -47,6 +47,30 @@ def test_the_evaluation_scales_frames_once_as_sb3_does():
     assert np.array_equal(_greedy(model)(obs), model.predict(obs, deterministic=True)[0])
 
 
+def test_channels_last_changes_the_layout_and_nothing_else():
+    """The trainer keeps conv weights and frames in NHWC order for speed. The Q-values, the weights a
+    resume point saves, and the Parameters the optimizer steps must stay the very same."""
+    from stable_baselines3 import DQN
+
+    from kd_system.envs.make import make_training_env
+    from kd_system.experiments.sb3_teacher import _channels_last, _q_values
+
+    env = make_training_env("ALE/Pong-v5")
+    model = DQN("CnnPolicy", env, buffer_size=100, learning_starts=10, seed=0, device="cpu")
+    obs = np.stack([env.reset(seed=0)[0]] + [env.step(2)[0] for _ in range(7)])
+    env.close()
+    before = _q_values(model, obs)
+    saved = {k: v.clone() for k, v in model.q_net.state_dict().items()}
+    stepped = [id(p) for group in model.policy.optimizer.param_groups for p in group["params"]]
+    _channels_last(model)
+    conv = model.q_net.features_extractor.cnn[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert torch.allclose(_q_values(model, obs), before, atol=1e-5)
+    assert torch.allclose(model.q_net_target(torch.as_tensor(obs)), before, atol=1e-5)
+    assert [id(p) for p in model.q_net.parameters()] == stepped
+    for key, value in model.q_net.state_dict().items():
+        assert torch.equal(value.contiguous(), saved[key])
+
 
 def test_a_resumed_part_refills_its_replay_by_playing_its_network():
     """SB3's warm-up plays uniformly random actions until learning starts. A resumed part refills an

@@ -103,6 +103,18 @@ def _greedy(model) -> callable:
     return lambda obs: _q_values(model, obs).argmax(dim=1).numpy()
 
 
+def _channels_last(model) -> None:
+    """Both Q-networks' conv weights, and the frames they see, in channels-last (NHWC) order. On this
+    AVX2 CPU oneDNN runs the batch-32 update (online forward and backward, target forward, Adam)
+    about 15-18% faster so (55 ms against 67 ms, 10 of 10 alternating windows, 2 threads). The
+    layout is only how tensors sit in memory: Q-values, the saved weights (``contiguous()``) and
+    the optimizer's Parameters are the same ones."""
+    for net in (model.q_net, model.q_net_target):
+        net.to(memory_format=torch.channels_last)
+        net.features_extractor.cnn.register_forward_pre_hook(
+            lambda _module, args: (args[0].contiguous(memory_format=torch.channels_last),))
+
+
 def _dqn_class():
     from stable_baselines3 import DQN
 
@@ -159,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 gradient_steps=1, exploration_fraction=args.explore_steps / args.total_steps,
                 exploration_final_eps=final_eps, seed=args.seed + len(state["resumes"]), device="cpu", verbose=0)
     without_sb3_logger(model)
+    _channels_last(model)
     if resumed_at:
         weights = load_file(ckpt / "q_net.safetensors")
         model.q_net.load_state_dict(weights)
