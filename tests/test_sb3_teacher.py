@@ -104,13 +104,16 @@ def test_training_resumes_from_its_own_resume_point(tmp_path):
     assert first["env_steps"] == 1000 and first["resumes"] == [] and len(first["evals"]) == 1
     assert _driver(out, "--total-steps", "1000") == 2  # a finished part is not overwritten without --resume
     assert first["final_epsilons"] == [[0, 0.01]]
-    assert _driver(out, "--total-steps", "2000", "--resume", "--final-epsilon", "0.05") == 0
+    assert first["learning_rates"] == [[0, 1e-4]]
+    assert _driver(out, "--total-steps", "2000", "--resume", "--final-epsilon", "0.05", "--learning-rate", "5e-5") == 0
     second = json.loads((out / "checkpoint" / "state.json").read_text())
     assert second["env_steps"] == 2000 and second["resumes"] == [1000]
     assert second["final_epsilons"] == [[0, 0.01], [1000, 0.05]]  # a part that changed it says from where
+    assert second["learning_rates"] == [[0, 1e-4], [1000, 5e-5]]
     assert _driver(out, "--total-steps", "2500", "--resume") == 0
     third = json.loads((out / "checkpoint" / "state.json").read_text())
     assert third["final_epsilons"] == second["final_epsilons"]  # a plain --resume keeps the last part's
+    assert third["learning_rates"] == second["learning_rates"]
     assert second["wall_s"] > first["wall_s"] and [e["env_steps"] for e in second["evals"]] == [1000, 2000]
     assert (out / "best.zip").exists()  # what kd-system teacher import reads
     assert set(load_file(str(out / "checkpoint" / "q_net.safetensors"))) == set(weights)
@@ -157,8 +160,12 @@ def test_the_training_record_describes_the_last_best_evaluation(tmp_path):
     assert "8 games each, epsilon 0.05" in record["evaluation_protocol"]
     assert "epsilon to 0.01 over 250,000 steps, learning" in record["settings"]  # a state from before the option
 
-    changed = {**state, "final_epsilons": [[0, 0.01], [25_000, 0.05], [35_000, 0.02]]}
-    assert "epsilon to 0.01 over 250,000 steps; 0.05 from 25,000 steps, learning" in training_record(changed, args)["settings"]
+    assert "Adam 1e-4, batch 32" in record["settings"]
+    changed = {**state, "final_epsilons": [[0, 0.01], [25_000, 0.05], [35_000, 0.02]],
+               "learning_rates": [[0, 1e-4], [20_000, 5e-5], [30_000, 2.5e-5]]}
+    settings = training_record(changed, args)["settings"]
+    assert "epsilon to 0.01 over 250,000 steps; 0.05 from 25,000 steps, learning" in settings
+    assert "Adam 1e-4; 5e-5 from 20,000 steps, batch 32" in settings  # 2.5e-5 came at the best step: none of it
 
     assert main(["--out", str(tmp_path), "--record"]) == 2  # nothing trained there yet
     (tmp_path / "checkpoint").mkdir()
@@ -178,18 +185,23 @@ def test_the_settings_text_names_only_the_epsilons_that_trained_the_weights():
     assert epsilon_text({}, 250_000, 10) == "0.01 over 250,000 steps"  # a state.json from before the option
 
 
-def test_an_epsilon_outside_0_1_is_refused_before_anything_is_written(tmp_path, capsys):
+def test_an_epsilon_outside_0_1_or_a_bad_step_size_is_refused_before_anything_is_written(tmp_path, capsys):
     assert _driver(tmp_path / "pong", "--final-epsilon", "1.5") == 2
     assert "--final-epsilon 1.5" in capsys.readouterr().err and not (tmp_path / "pong").exists()
+    for bad in ("0", "-0.0001", "nan", "2"):
+        assert _driver(tmp_path / "pong", "--learning-rate", bad) == 2
+        assert f"--learning-rate {float(bad)}" in capsys.readouterr().err and not (tmp_path / "pong").exists()
 
 
-def test_each_part_says_from_which_step_its_epsilon_held():
-    from kd_system.experiments.sb3_record import with_final_epsilon
+def test_each_part_says_from_which_step_its_epsilon_and_learning_rate_held():
+    from kd_system.experiments.sb3_record import learning_rates, with_change
 
     zoo = [[0, 0.01]]
-    assert with_final_epsilon(zoo, 0, None) == zoo and with_final_epsilon(zoo, 0, 0.05) == [[0, 0.05]]  # a new training
-    changed = with_final_epsilon(zoo, 2_000, 0.05)
+    assert with_change(zoo, 0, None) == zoo and with_change(zoo, 0, 0.05) == [[0, 0.05]]  # a new training
+    changed = with_change(zoo, 2_000, 0.05)
     assert changed == [[0, 0.01], [2_000, 0.05]]
-    assert with_final_epsilon(changed, 3_000, None) == changed  # a plain --resume keeps the last part's
-    assert with_final_epsilon(changed, 2_000, 0.02) == [[0, 0.01], [2_000, 0.02]]  # stopped before training: replaced
-    assert with_final_epsilon(changed, 2_000, 0.01) == zoo  # and back to where it was, with no empty stretch
+    assert with_change(changed, 3_000, None) == changed  # a plain --resume keeps the last part's
+    assert with_change(changed, 2_000, 0.02) == [[0, 0.01], [2_000, 0.02]]  # stopped before training: replaced
+    assert with_change(changed, 2_000, 0.01) == zoo  # and back to where it was, with no empty stretch
+    assert learning_rates({}) == [[0, 1e-4]]  # a state.json from before --learning-rate: the Zoo's
+    assert with_change(learning_rates({}), 3_000, 5e-5) == [[0, 1e-4], [3_000, 5e-5]]

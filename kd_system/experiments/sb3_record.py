@@ -1,5 +1,6 @@
 """What the SB3 teacher training keeps about itself beside its weights: the settings text (with the
-final epsilon of each stretch, since ``--final-epsilon`` may change between parts) and
+final epsilon and Adam's learning rate of each stretch, since ``--final-epsilon`` and
+``--learning-rate`` may change between parts) and
 ``best.training.json``, how the best evaluation's weights were trained, for ``kd-system teacher
 import --training`` to put on the model card."""
 from __future__ import annotations
@@ -10,10 +11,11 @@ import os
 from pathlib import Path
 
 RECORD_FILE = "best.training.json"
-SETTINGS = ("RL Zoo Atari DQN settings (replay 100k, Adam 1e-4, batch 32, train every 4 steps, target sync every "
+SETTINGS = ("RL Zoo Atari DQN settings (replay 100k, Adam {rates}, batch 32, train every 4 steps, target sync every "
             "1,000) with epsilon to {epsilons}, learning from {starts:,} steps, 3-step returns; "
             "kd_system/experiments/sb3_teacher.py")
 ZOO_FINAL_EPSILON = 0.01  # what a state.json from before --final-epsilon trained with
+ZOO_LEARNING_RATE = 1e-4  # and one from before --learning-rate
 
 
 def final_epsilons(state: dict) -> list[list]:
@@ -21,21 +23,42 @@ def final_epsilons(state: dict) -> list[list]:
     return state.get("final_epsilons") or [[0, ZOO_FINAL_EPSILON]]
 
 
-def with_final_epsilon(epsilons: list[list], step: int, asked: float | None) -> list[list]:
+def learning_rates(state: dict) -> list[list]:
+    """[[from env step, Adam's learning rate], ...] of a training so far."""
+    return state.get("learning_rates") or [[0, ZOO_LEARNING_RATE]]
+
+
+def with_change(stretches: list[list], step: int, asked: float | None) -> list[list]:
     """The stretches once a part starting at ``step`` trains at ``asked`` (None: the last part's).
     A part that changed it at this same step (stopped before it trained) is replaced, not stacked."""
-    if asked is None or asked == epsilons[-1][1]:
-        return epsilons
-    kept = [e for e in epsilons if e[0] < step]
+    if asked is None or asked == stretches[-1][1]:
+        return stretches
+    kept = [e for e in stretches if e[0] < step]
     return kept if kept and kept[-1][1] == asked else kept + [[step, asked]]
 
 
+def _changes(stretches: list[list], upto: int, fmt=lambda value: f"{value:g}") -> str:
+    """'; 0.05 from 2,192,370 steps' for each part up to env step ``upto`` that changed the value
+    (a change at ``upto`` itself, the best evaluation's step, trained none of its weights)."""
+    return "".join(f"; {fmt(value)} from {int(at):,} steps" for at, value in stretches[1:] if at < upto)
+
+
+def _rate(value: float) -> str:
+    """1e-4, 5e-5, 2.5e-5: as papers write step sizes (``:g`` would give 0.0001 and 5e-05)."""
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
 def epsilon_text(state: dict, explore: int, upto: int) -> str:
-    """'0.01 over 250,000 steps', and '; 0.05 from 2,192,370 steps' for each part up to env step
-    ``upto`` that changed it."""
-    first, *later = final_epsilons(state)  # a change at the best step itself trained none of its weights
-    changes = [(int(first[0]), first[1])] + [(int(at), eps) for at, eps in later if at < upto]
-    return f"{changes[0][1]:g} over {explore:,} steps" + "".join(f"; {eps:g} from {at:,} steps" for at, eps in changes[1:])
+    """'0.01 over 250,000 steps', and '; 0.05 from 2,192,370 steps' for each later change."""
+    epsilons = final_epsilons(state)
+    return f"{epsilons[0][1]:g} over {explore:,} steps" + _changes(epsilons, upto)
+
+
+def rate_text(state: dict, upto: int) -> str:
+    """'1e-4', and '; 5e-5 from 3,100,000 steps' for each later change."""
+    rates = learning_rates(state)
+    return _rate(rates[0][1]) + _changes(rates, upto, _rate)
 
 
 def _hardware() -> str:
@@ -55,7 +78,7 @@ def training_record(state: dict, args: argparse.Namespace) -> dict:
             "env_steps": int(best["env_steps"]), "wall_s": float(best["wall_s"]), "hardware": _hardware(),
             "parts": 1 + sum(1 for r in state["resumes"] if r < best["env_steps"]),
             "settings": SETTINGS.format(epsilons=epsilon_text(state, args.explore_steps, int(best["env_steps"])),
-                                        starts=args.learning_starts),
+                                        rates=rate_text(state, int(best["env_steps"])), starts=args.learning_starts),
             "evaluations": [{"env_steps": int(e["env_steps"]), "mean": float(e["mean"])}
                             for e in state["evals"] if e["env_steps"] <= best["env_steps"]],
             "evaluation_protocol": f"{args.eval_episodes} games each, epsilon {eval_epsilon(args.env):g}, sticky actions",

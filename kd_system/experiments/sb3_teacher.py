@@ -9,8 +9,9 @@ env is ours (``envs.make_training_env``: the actors' exact frames, life loss end
 rewards clipped), so the result imports with ``kd-system teacher import`` at parity and is
 evaluated under our protocol there.
 
-``--final-epsilon`` (the Zoo's 0.01 for a new training; a resume keeps the last part's) may change
-between parts; ``state.json`` and the training record keep from which step each value held. The
+``--final-epsilon`` (the Zoo's 0.01 for a new training; a resume keeps the last part's) and
+``--learning-rate`` (the Zoo's 1e-4, likewise) may change between parts; ``state.json`` and the
+training record keep from which step each value held. The
 evaluation protocol plays at 0.05, and a network trained at 0.01 scored 5-7 points a game less at
 0.05 than at 0.01 (2026-12-07).
 
@@ -51,7 +52,7 @@ from safetensors.torch import load_file, save_file
 from kd_system.envs.make import make_training_env
 from kd_system.evaluation.episodes import run_episodes
 from kd_system.experiments.sb3_logger import without_sb3_logger
-from kd_system.experiments.sb3_record import RECORD_FILE, final_epsilons, with_final_epsilon, write_record
+from kd_system.experiments.sb3_record import RECORD_FILE, final_epsilons, learning_rates, with_change, write_record
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,6 +65,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--final-epsilon", type=float, default=None,
                    help="epsilon once annealed: the Zoo's 0.01 for a new training, the last part's on --resume; "
                         "a resumed part may change it, and state.json and the training record say from which step")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="Adam's step size: the Zoo's 1e-4 for a new training, the last part's on --resume; "
+                        "a resumed part may change it, recorded as --final-epsilon is")
     p.add_argument("--learning-starts", type=int, default=20_000)
     p.add_argument("--refill-steps", type=int, default=REPLAY_SIZE,
                    help="on --resume, steps the restored network plays into the empty replay before learning again")
@@ -137,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.final_epsilon is not None and not 0.0 <= args.final_epsilon <= 1.0:
         print(f"[sb3-teacher] --final-epsilon {args.final_epsilon}: an epsilon lies in [0, 1]", file=sys.stderr)
         return 2
+    if args.learning_rate is not None and not 0.0 < args.learning_rate < 1.0:
+        print(f"[sb3-teacher] --learning-rate {args.learning_rate}: give a step size above 0 and below 1 "
+              "(the Zoo's is 1e-4)", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     ckpt = out / "checkpoint"
@@ -161,12 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     resumed_at = int(state["env_steps"])
     if resumed_at:
         state["resumes"].append(resumed_at)  # before the seed: a resumed part does not replay the first's
-    state["final_epsilons"] = with_final_epsilon(final_epsilons(state), resumed_at, args.final_epsilon)
+    state["final_epsilons"] = with_change(final_epsilons(state), resumed_at, args.final_epsilon)
     final_eps = state["final_epsilons"][-1][1]  # the refill already plays at it
+    state["learning_rates"] = with_change(learning_rates(state), resumed_at, args.learning_rate)
+    rate = state["learning_rates"][-1][1]  # Adam starts afresh at each part, at this step size
     fresh, resumed = _dqn_class()
     warmup = args.refill_steps if resumed_at else args.learning_starts
     dqn = resumed if resumed_at else fresh
-    model = dqn("CnnPolicy", env, buffer_size=REPLAY_SIZE, learning_rate=1e-4, batch_size=32, n_steps=3,
+    model = dqn("CnnPolicy", env, buffer_size=REPLAY_SIZE, learning_rate=rate, batch_size=32, n_steps=3,
                 learning_starts=resumed_at + warmup, target_update_interval=1000, train_freq=4,
                 gradient_steps=1, exploration_fraction=args.explore_steps / args.total_steps,
                 exploration_final_eps=final_eps, seed=args.seed + len(state["resumes"]), device="cpu", verbose=0)
