@@ -114,6 +114,9 @@ def test_training_resumes_from_its_own_resume_point(tmp_path):
     third = json.loads((out / "checkpoint" / "state.json").read_text())
     assert third["final_epsilons"] == second["final_epsilons"]  # a plain --resume keeps the last part's
     assert third["learning_rates"] == second["learning_rates"]
+    assert third["total_steps"] == 2500 and third["env_steps"] == 2500
+    assert _driver(out, "--resume") == 0  # a plain --resume keeps the budget too: this one is spent
+    assert json.loads((out / "checkpoint" / "state.json").read_text()) == third  # untouched: no empty part
     assert second["wall_s"] > first["wall_s"] and [e["env_steps"] for e in second["evals"]] == [1000, 2000]
     assert (out / "best.zip").exists()  # what kd-system teacher import reads
     assert set(load_file(str(out / "checkpoint" / "q_net.safetensors"))) == set(weights)

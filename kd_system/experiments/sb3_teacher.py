@@ -60,7 +60,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--env", default="ALE/Pong-v5")
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if it exists")
-    p.add_argument("--total-steps", type=int, default=3_000_000, help="the schedule's horizon and the step budget")
+    p.add_argument("--total-steps", type=int, default=None,
+                   help="the step budget and the schedule's horizon: 3M for a new training, the last part's on "
+                        "--resume (raise it to train on past it)")
     p.add_argument("--explore-steps", type=int, default=250_000)
     p.add_argument("--final-epsilon", type=float, default=None,
                    help="epsilon once annealed: the Zoo's 0.01 for a new training, the last part's on --resume; "
@@ -84,6 +86,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 REPLAY_SIZE = 100_000
+DEFAULT_TOTAL_STEPS = 3_000_000
 
 
 class _Stop:
@@ -167,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and (ckpt / "state.json").exists():
         state = json.loads((ckpt / "state.json").read_text())
     resumed_at = int(state["env_steps"])
+    total = state["total_steps"] = args.total_steps or state.get("total_steps") or DEFAULT_TOTAL_STEPS
+    if resumed_at >= total:  # nothing to train: leave the resume point as it is
+        print(f"[sb3-teacher] {ckpt} is at {resumed_at} steps, its budget is {total}: pass --total-steps above "
+              f"{resumed_at} to train on", file=sys.stderr)
+        return 0
     if resumed_at:
         state["resumes"].append(resumed_at)  # before the seed: a resumed part does not replay the first's
     state["final_epsilons"] = with_change(final_epsilons(state), resumed_at, args.final_epsilon)
@@ -178,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     dqn = resumed if resumed_at else fresh
     model = dqn("CnnPolicy", env, buffer_size=REPLAY_SIZE, learning_rate=rate, batch_size=32, n_steps=3,
                 learning_starts=resumed_at + warmup, target_update_interval=1000, train_freq=4,
-                gradient_steps=1, exploration_fraction=args.explore_steps / args.total_steps,
+                gradient_steps=1, exploration_fraction=args.explore_steps / total,
                 exploration_final_eps=final_eps, seed=args.seed + len(state["resumes"]), device="cpu", verbose=0)
     without_sb3_logger(model)
     _channels_last(model)
@@ -251,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 mark["time"] = time.monotonic()
             return not (done or stop.asked)
 
-    remaining = args.total_steps - model.num_timesteps
+    remaining = total - model.num_timesteps
     if remaining > 0 and not stop.asked:
         # reset_num_timesteps=False: SB3 sets its horizon to num_timesteps + remaining = total_steps,
         # so the epsilon schedule continues where it stopped.
