@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if resumed_at >= total:  # nothing to train: leave the resume point as it is
         print(f"[sb3-teacher] {ckpt} is at {resumed_at} steps, its budget is {total}: pass --total-steps above "
               f"{resumed_at} to train on", file=sys.stderr)
+        env.close()
+        log.close()
         return 0
     if resumed_at:
         state["resumes"].append(resumed_at)  # before the seed: a resumed part does not replay the first's
