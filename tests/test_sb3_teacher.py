@@ -191,6 +191,8 @@ def test_the_settings_text_names_only_the_epsilons_that_trained_the_weights():
 def test_an_epsilon_outside_0_1_or_a_bad_step_size_is_refused_before_anything_is_written(tmp_path, capsys):
     assert _driver(tmp_path / "pong", "--final-epsilon", "1.5") == 2
     assert "--final-epsilon 1.5" in capsys.readouterr().err and not (tmp_path / "pong").exists()
+    assert _driver(tmp_path / "pong", "--total-steps", "0") == 2
+    assert "--total-steps 0" in capsys.readouterr().err and not (tmp_path / "pong").exists()
     for bad in ("0", "-0.0001", "nan", "2"):
         assert _driver(tmp_path / "pong", "--learning-rate", bad) == 2
         assert f"--learning-rate {float(bad)}" in capsys.readouterr().err and not (tmp_path / "pong").exists()

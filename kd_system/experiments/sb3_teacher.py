@@ -11,9 +11,8 @@ evaluated under our protocol there.
 
 ``--final-epsilon`` (the Zoo's 0.01 for a new training; a resume keeps the last part's) and
 ``--learning-rate`` (the Zoo's 1e-4, likewise) may change between parts; ``state.json`` and the
-training record keep from which step each value held. The
-evaluation protocol plays at 0.05, and a network trained at 0.01 scored 5-7 points a game less at
-0.05 than at 0.01 (2026-12-07).
+training record keep from which step each value held. The evaluation protocol plays at 0.05, and a
+network trained at 0.01 scored 5-7 points a game less at 0.05 than at 0.01 (2026-12-07).
 
 It uses 3-step returns (``n_steps=3``, as our RLlib defaults do; Hessel et al. 2018 found them
 among Rainbow's most useful parts), also not in the Zoo's file.
@@ -112,10 +111,10 @@ def _greedy(model) -> callable:
 
 def _channels_last(model) -> None:
     """Both Q-networks' conv weights, and the frames they see, in channels-last (NHWC) order. On this
-    AVX2 CPU oneDNN runs the batch-32 update (online forward and backward, target forward, Adam)
-    about 15-18% faster so (55 ms against 67 ms, 10 of 10 alternating windows, 2 threads). The
-    layout is only how tensors sit in memory: Q-values, the saved weights (``contiguous()``) and
-    the optimizer's Parameters are the same ones."""
+    AVX2 CPU SB3's batch-32 update (replay sample, online forward and backward, target forward,
+    Adam) took 65.5 ms so against 73.0 ms (10 of 10 alternating windows, 2 threads; the bare
+    network update 55 against 67 ms). The layout is only how tensors sit in memory: Q-values, the
+    saved weights (``contiguous()``) and the optimizer's Parameters are the same ones."""
     for net in (model.q_net, model.q_net_target):
         net.to(memory_format=torch.channels_last)
         net.features_extractor.cnn.register_forward_pre_hook(
@@ -144,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.final_epsilon is not None and not 0.0 <= args.final_epsilon <= 1.0:
         print(f"[sb3-teacher] --final-epsilon {args.final_epsilon}: an epsilon lies in [0, 1]", file=sys.stderr)
         return 2
+    if args.total_steps is not None and args.total_steps <= 0:
+        print(f"[sb3-teacher] --total-steps {args.total_steps}: give a budget above 0 env steps", file=sys.stderr)
+        return 2
     if args.learning_rate is not None and not 0.0 < args.learning_rate < 1.0:
         print(f"[sb3-teacher] --learning-rate {args.learning_rate}: give a step size above 0 and below 1 "
               "(the Zoo's is 1e-4)", file=sys.stderr)
@@ -159,10 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         write_record(out, json.loads((ckpt / "state.json").read_text()), args)
         print(f"[sb3-teacher] wrote {out / RECORD_FILE}", flush=True)
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "progress.jsonl", "a", buffering=1)
-    stop = _Stop()
-    env = Monitor(make_training_env(args.env))
     state = {"wall_s": 0.0, "env_steps": 0, "best_eval": None, "evals": [], "resumes": []}
     if ckpt.exists() and not args.resume:
         print(f"[sb3-teacher] {ckpt} exists: pass --resume to continue it, or remove it", file=sys.stderr)
@@ -170,13 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and (ckpt / "state.json").exists():
         state = json.loads((ckpt / "state.json").read_text())
     resumed_at = int(state["env_steps"])
-    total = state["total_steps"] = args.total_steps or state.get("total_steps") or DEFAULT_TOTAL_STEPS
+    total = state["total_steps"] = args.total_steps or state.get("total_steps", DEFAULT_TOTAL_STEPS)
     if resumed_at >= total:  # nothing to train: leave the resume point as it is
         print(f"[sb3-teacher] {ckpt} is at {resumed_at} steps, its budget is {total}: pass --total-steps above "
               f"{resumed_at} to train on", file=sys.stderr)
-        env.close()
-        log.close()
         return 0
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "progress.jsonl", "a", buffering=1)
+    stop = _Stop()
+    env = Monitor(make_training_env(args.env))
     if resumed_at:
         state["resumes"].append(resumed_at)  # before the seed: a resumed part does not replay the first's
     state["final_epsilons"] = with_change(final_epsilons(state), resumed_at, args.final_epsilon)
