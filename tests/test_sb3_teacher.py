@@ -77,9 +77,10 @@ def test_a_resumed_part_refills_its_replay_by_playing_its_network():
     empty replay, and must fill it with its restored network's (epsilon-greedy) games, not a random
     player's: with random refills the training episodes after each resume fell from about +1 to -15."""
     from kd_system.envs.make import make_training_env
-    from kd_system.experiments.sb3_teacher import _dqn_class, _greedy
+    from kd_system.experiments.sb3_dqn import dqn_classes
+    from kd_system.experiments.sb3_teacher import _greedy
 
-    fresh, resumed = _dqn_class()
+    fresh, resumed = dqn_classes()
     env = make_training_env("ALE/Pong-v5")
     obs = np.stack([env.reset(seed=0)[0]] + [env.step(3)[0] for _ in range(8)])
     actions = {}
@@ -95,6 +96,48 @@ def test_a_resumed_part_refills_its_replay_by_playing_its_network():
     assert actions["resumed"] == greedy.tolist()  # its network's choice, every time
     assert len(set(actions["fresh"])) > 1  # SB3's own warm-up: uniformly random
 
+def test_the_epsilon_greedy_value_is_max_at_0_and_the_mean_at_1():
+    from kd_system.experiments.sb3_dqn import epsilon_greedy_value
+
+    q = torch.tensor([[1.0, 3.0, 2.0, 2.0], [-1.0, -1.0, 0.0, -2.0]])
+    assert torch.equal(epsilon_greedy_value(q, 0.0), torch.tensor([3.0, 0.0]))
+    assert torch.allclose(epsilon_greedy_value(q, 1.0), torch.tensor([2.0, -1.0]))
+    # 5% of the time a uniformly random action, which is the greedy one a quarter of the time
+    assert torch.allclose(epsilon_greedy_value(q, 0.05), torch.tensor([0.95 * 3 + 0.05 * 2, 0.05 * -1.0]))
+
+
+def test_bootstrapping_on_epsilon_0_is_sb3s_own_update_and_above_0_another():
+    """The trainer's own update loop at epsilon 0 steps the very weights SB3's ``train`` does (same
+    replay, same draws); at the protocol's 0.05 it bootstraps on lower values and steps elsewhere."""
+    from kd_system.envs.make import make_training_env
+    from kd_system.experiments.sb3_dqn import dqn_classes
+    from kd_system.experiments.sb3_logger import without_sb3_logger
+
+    dqn, _ = dqn_classes()
+    model = without_sb3_logger(dqn("CnnPolicy", make_training_env("ALE/Pong-v5"), buffer_size=400, n_steps=3,
+                                   learning_starts=10_000, seed=0, device="cpu"))
+    model.learn(total_timesteps=300)  # fills the replay; learning has not started
+    start = ({k: v.clone() for k, v in model.q_net.state_dict().items()},
+             {k: v.clone() for k, v in model.q_net_target.state_dict().items()})
+
+    def stepped(update) -> dict:
+        model.q_net.load_state_dict(start[0])
+        model.q_net_target.load_state_dict(start[1])
+        model.policy.optimizer = model.policy.optimizer_class(model.policy.parameters(), lr=1e-3)
+        np.random.seed(1)
+        torch.manual_seed(1)
+        update()
+        return {k: v.clone() for k, v in model.q_net.state_dict().items()}
+
+    sb3 = stepped(lambda: model.train(gradient_steps=3, batch_size=16))
+    ours = stepped(lambda: model.train_bootstrapping_on(0.0, 3, 16))
+    other = stepped(lambda: model.train_bootstrapping_on(0.05, 3, 16))
+    model.env.close()
+    assert any(not torch.equal(sb3[k], start[0][k]) for k in sb3)  # the update moved the weights
+    assert all(torch.allclose(ours[k], sb3[k], atol=1e-7) for k in sb3)
+    assert any(not torch.allclose(other[k], sb3[k], atol=1e-7) for k in sb3)
+
+
 @pytest.mark.slow
 def test_training_resumes_from_its_own_resume_point(tmp_path):
     out = tmp_path / "pong"
@@ -105,15 +148,19 @@ def test_training_resumes_from_its_own_resume_point(tmp_path):
     assert _driver(out, "--total-steps", "1000") == 2  # a finished part is not overwritten without --resume
     assert first["final_epsilons"] == [[0, 0.01]]
     assert first["learning_rates"] == [[0, 1e-4]]
-    assert _driver(out, "--total-steps", "2000", "--resume", "--final-epsilon", "0.05", "--learning-rate", "5e-5") == 0
+    assert first["bootstrap_epsilons"] == [[0, 0.0]]
+    assert _driver(out, "--total-steps", "2000", "--resume", "--final-epsilon", "0.05", "--learning-rate", "5e-5",
+                   "--bootstrap-epsilon", "0.05") == 0
     second = json.loads((out / "checkpoint" / "state.json").read_text())
     assert second["env_steps"] == 2000 and second["resumes"] == [1000]
     assert second["final_epsilons"] == [[0, 0.01], [1000, 0.05]]  # a part that changed it says from where
     assert second["learning_rates"] == [[0, 1e-4], [1000, 5e-5]]
+    assert second["bootstrap_epsilons"] == [[0, 0.0], [1000, 0.05]]
     assert _driver(out, "--total-steps", "2500", "--resume") == 0
     third = json.loads((out / "checkpoint" / "state.json").read_text())
     assert third["final_epsilons"] == second["final_epsilons"]  # a plain --resume keeps the last part's
     assert third["learning_rates"] == second["learning_rates"]
+    assert third["bootstrap_epsilons"] == second["bootstrap_epsilons"]
     assert third["total_steps"] == 2500 and third["env_steps"] == 2500
     assert _driver(out, "--resume") == 0  # a plain --resume keeps the budget too: this one is spent
     assert json.loads((out / "checkpoint" / "state.json").read_text()) == third  # untouched: no empty part
@@ -164,6 +211,7 @@ def test_the_training_record_describes_the_last_best_evaluation(tmp_path):
     assert "epsilon to 0.01 over 250,000 steps, learning" in record["settings"]  # a state from before the option
 
     assert "Adam 1e-4, batch 32" in record["settings"]
+    assert "3-step returns bootstrapping on max Q;" in record["settings"]
     changed = {**state, "final_epsilons": [[0, 0.01], [25_000, 0.05], [35_000, 0.02]],
                "learning_rates": [[0, 1e-4], [20_000, 5e-5], [30_000, 2.5e-5]]}
     settings = training_record(changed, args)["settings"]
@@ -188,11 +236,23 @@ def test_the_settings_text_names_only_the_epsilons_that_trained_the_weights():
     assert epsilon_text({}, 250_000, 10) == "0.01 over 250,000 steps"  # a state.json from before the option
 
 
+def test_the_settings_text_names_the_bootstrap_target_of_each_stretch():
+    from kd_system.experiments.sb3_record import target_text
+
+    assert target_text({}, 10) == "max Q"  # a state.json from before --bootstrap-epsilon: SB3's own target
+    state = {"bootstrap_epsilons": [[0, 0.0], [3_400_000, 0.05]]}
+    assert target_text(state, 3_400_000) == "max Q"
+    assert target_text(state, 3_450_000) == "max Q; the value of epsilon-greedy play at 0.05 from 3,400,000 steps"
+
+
 def test_an_epsilon_outside_0_1_or_a_bad_step_size_is_refused_before_anything_is_written(tmp_path, capsys):
     assert _driver(tmp_path / "pong", "--final-epsilon", "1.5") == 2
     assert "--final-epsilon 1.5" in capsys.readouterr().err and not (tmp_path / "pong").exists()
     assert _driver(tmp_path / "pong", "--total-steps", "0") == 2
     assert "--total-steps 0" in capsys.readouterr().err and not (tmp_path / "pong").exists()
+    for bad in ("-0.1", "nan", "1.5"):
+        assert _driver(tmp_path / "pong", "--bootstrap-epsilon", bad) == 2
+        assert f"--bootstrap-epsilon {float(bad)}" in capsys.readouterr().err and not (tmp_path / "pong").exists()
     for bad in ("0", "-0.0001", "nan", "2"):
         assert _driver(tmp_path / "pong", "--learning-rate", bad) == 2
         assert f"--learning-rate {float(bad)}" in capsys.readouterr().err and not (tmp_path / "pong").exists()

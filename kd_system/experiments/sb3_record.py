@@ -1,6 +1,6 @@
 """What the SB3 teacher training keeps about itself beside its weights: the settings text (with the
-final epsilon and Adam's learning rate of each stretch, since ``--final-epsilon`` and
-``--learning-rate`` may change between parts) and
+final epsilon, Adam's learning rate and the bootstrap target of each stretch, since
+``--final-epsilon``, ``--learning-rate`` and ``--bootstrap-epsilon`` may change between parts) and
 ``best.training.json``, how the best evaluation's weights were trained, for ``kd-system teacher
 import --training`` to put on the model card."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 RECORD_FILE = "best.training.json"
 SETTINGS = ("RL Zoo Atari DQN settings (replay 100k, Adam {rates}, batch 32, train every 4 steps, target sync every "
-            "1,000) with epsilon to {epsilons}, learning from {starts:,} steps, 3-step returns; "
+            "1,000) with epsilon to {epsilons}, learning from {starts:,} steps, 3-step returns bootstrapping on {targets}; "
             "kd_system/experiments/sb3_teacher.py")
 ZOO_FINAL_EPSILON = 0.01  # what a state.json from before --final-epsilon trained with
 ZOO_LEARNING_RATE = 1e-4  # and one from before --learning-rate
@@ -26,6 +26,12 @@ def final_epsilons(state: dict) -> list[list]:
 def learning_rates(state: dict) -> list[list]:
     """[[from env step, Adam's learning rate], ...] of a training so far."""
     return state.get("learning_rates") or [[0, ZOO_LEARNING_RATE]]
+
+
+def bootstrap_epsilons(state: dict) -> list[list]:
+    """[[from env step, bootstrap epsilon], ...]; 0 is SB3's max target, what one from before
+    --bootstrap-epsilon trained with."""
+    return state.get("bootstrap_epsilons") or [[0, 0.0]]
 
 
 def with_change(stretches: list[list], step: int, asked: float | None) -> list[list]:
@@ -61,6 +67,16 @@ def rate_text(state: dict, upto: int) -> str:
     return _rate(rates[0][1]) + _changes(rates, upto, _rate)
 
 
+def _target(epsilon: float) -> str:
+    return "max Q" if epsilon == 0 else f"the value of epsilon-greedy play at {epsilon:g}"
+
+
+def target_text(state: dict, upto: int) -> str:
+    """'max Q', and '; the value of epsilon-greedy play at 0.05 from 3,400,000 steps' for each change."""
+    targets = bootstrap_epsilons(state)
+    return _target(targets[0][1]) + _changes(targets, upto, _target)
+
+
 def _hardware() -> str:
     # the core count only: a training resumed across sessions may run its parts on different CPU models
     return f"{len(os.sched_getaffinity(0))} CPU cores, no GPU"
@@ -78,7 +94,9 @@ def training_record(state: dict, args: argparse.Namespace) -> dict:
             "env_steps": int(best["env_steps"]), "wall_s": float(best["wall_s"]), "hardware": _hardware(),
             "parts": 1 + sum(1 for r in state["resumes"] if r < best["env_steps"]),
             "settings": SETTINGS.format(epsilons=epsilon_text(state, args.explore_steps, int(best["env_steps"])),
-                                        rates=rate_text(state, int(best["env_steps"])), starts=args.learning_starts),
+                                        rates=rate_text(state, int(best["env_steps"])),
+                                        targets=target_text(state, int(best["env_steps"])),
+                                        starts=args.learning_starts),
             "evaluations": [{"env_steps": int(e["env_steps"]), "mean": float(e["mean"])}
                             for e in state["evals"] if e["env_steps"] <= best["env_steps"]],
             "evaluation_protocol": f"{args.eval_episodes} games each, epsilon {eval_epsilon(args.env):g}, sticky actions",

@@ -13,6 +13,8 @@ evaluated under our protocol there.
 ``--learning-rate`` (the Zoo's 1e-4, likewise) may change between parts; ``state.json`` and the
 training record keep from which step each value held. The evaluation protocol plays at 0.05, and a
 network trained at 0.01 scored 5-7 points a game less at 0.05 than at 0.01 (2026-12-07).
+``--bootstrap-epsilon`` (0, SB3's own max target, for a new training) bootstraps each target on
+the value of epsilon-greedy play instead (``sb3_dqn``), likewise recorded from the step it held.
 
 It uses 3-step returns (``n_steps=3``, as our RLlib defaults do; Hessel et al. 2018 found them
 among Rainbow's most useful parts), also not in the Zoo's file.
@@ -50,8 +52,10 @@ from safetensors.torch import load_file, save_file
 
 from kd_system.envs.make import make_training_env
 from kd_system.evaluation.episodes import run_episodes
+from kd_system.experiments.sb3_dqn import dqn_classes
 from kd_system.experiments.sb3_logger import without_sb3_logger
-from kd_system.experiments.sb3_record import RECORD_FILE, final_epsilons, learning_rates, with_change, write_record
+from kd_system.experiments.sb3_record import (RECORD_FILE, bootstrap_epsilons, final_epsilons, learning_rates,
+                                              with_change, write_record)
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,6 +73,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=None,
                    help="Adam's step size: the Zoo's 1e-4 for a new training, the last part's on --resume; "
                         "a resumed part may change it, recorded as --final-epsilon is")
+    p.add_argument("--bootstrap-epsilon", type=float, default=None,
+                   help="bootstrap each target on the value of epsilon-greedy play at this epsilon instead of the "
+                        "max (0, SB3's own update, for a new training; the last part's on --resume); recorded as "
+                        "--final-epsilon is. 0.05 is the evaluation protocol's")
     p.add_argument("--learning-starts", type=int, default=20_000)
     p.add_argument("--refill-steps", type=int, default=REPLAY_SIZE,
                    help="on --resume, steps the restored network plays into the empty replay before learning again")
@@ -121,20 +129,6 @@ def _channels_last(model) -> None:
             lambda _module, args: (args[0].contiguous(memory_format=torch.channels_last),))
 
 
-def _dqn_class():
-    from stable_baselines3 import DQN
-
-    class PolicyWarmupDQN(DQN):
-        """SB3 plays uniformly random actions until ``learning_starts``. A resumed training's replay
-        must look like the one its stopped part had, so this one plays its own (restored) network,
-        epsilon-greedy at the schedule's epsilon, from the first step."""
-
-        def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
-            return super()._sample_action(0, action_noise, n_envs)
-
-    return DQN, PolicyWarmupDQN
-
-
 def main(argv: list[str] | None = None) -> int:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.monitor import Monitor
@@ -142,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     if args.final_epsilon is not None and not 0.0 <= args.final_epsilon <= 1.0:
         print(f"[sb3-teacher] --final-epsilon {args.final_epsilon}: an epsilon lies in [0, 1]", file=sys.stderr)
+        return 2
+    if args.bootstrap_epsilon is not None and not 0.0 <= args.bootstrap_epsilon <= 1.0:
+        print(f"[sb3-teacher] --bootstrap-epsilon {args.bootstrap_epsilon}: an epsilon lies in [0, 1] "
+              "(0.05 is the evaluation protocol's)", file=sys.stderr)
         return 2
     if args.total_steps is not None and args.total_steps <= 0:
         print(f"[sb3-teacher] --total-steps {args.total_steps}: give a budget above 0 env steps", file=sys.stderr)
@@ -183,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     final_eps = state["final_epsilons"][-1][1]  # the refill already plays at it
     state["learning_rates"] = with_change(learning_rates(state), resumed_at, args.learning_rate)
     rate = state["learning_rates"][-1][1]  # Adam starts afresh at each part, at this step size
-    fresh, resumed = _dqn_class()
+    state["bootstrap_epsilons"] = with_change(bootstrap_epsilons(state), resumed_at, args.bootstrap_epsilon)
+    fresh, resumed = dqn_classes(state["bootstrap_epsilons"][-1][1])
     warmup = args.refill_steps if resumed_at else args.learning_starts
     dqn = resumed if resumed_at else fresh
     model = dqn("CnnPolicy", env, buffer_size=REPLAY_SIZE, learning_rate=rate, batch_size=32, n_steps=3,
