@@ -144,3 +144,15 @@ def test_a_bad_student_is_told_apart(teacher):
         assert 0.0 < getattr(report, key) <= 1.3133
     # it differs where the teacher is sure (pushing right), not only at the teacher's near-ties
     assert report.disagreement_margin_teacher_states > 0.2
+
+
+def test_run_episodes_plays_the_epsilon_it_is_given_on_the_same_games():
+    from kd_system.evaluation.episodes import run_episodes
+
+    always_left = lambda obs: np.zeros(len(obs), dtype=np.int64)  # noqa: E731
+    protocol = run_episodes("CartPole-v1", always_left, 6, 5)  # classic control: played greedily
+    assert np.array_equal(run_episodes("CartPole-v1", always_left, 6, 5, epsilon=0.0).returns, protocol.returns)
+    random = run_episodes("CartPole-v1", always_left, 6, 5, epsilon=1.0)
+    assert not np.array_equal(random.returns, protocol.returns)
+    assert np.array_equal(run_episodes("CartPole-v1", always_left, 6, 5, epsilon=1.0).returns, random.returns)
+

@@ -270,3 +270,26 @@ def test_each_part_says_from_which_step_its_epsilon_and_learning_rate_held():
     assert with_change(changed, 2_000, 0.01) == zoo  # and back to where it was, with no empty stretch
     assert learning_rates({}) == [[0, 1e-4]]  # a state.json from before --learning-rate: the Zoo's
     assert with_change(learning_rates({}), 3_000, 5e-5) == [[0, 1e-4], [3_000, 5e-5]]
+
+
+def test_epsilon_gap_scores_a_saved_q_network_and_refuses_bad_input(tmp_path, capsys):
+    from safetensors.torch import save_file
+    from stable_baselines3 import DQN
+
+    from kd_system.envs.make import make_training_env
+    from kd_system.experiments.epsilon_gap import main
+
+    env = make_training_env("ALE/Pong-v5")
+    model = DQN("CnnPolicy", env, buffer_size=1, seed=0, device="cpu")
+    env.close()
+    weights = tmp_path / "q_net.safetensors"
+    save_file({k: v.contiguous() for k, v in model.q_net.state_dict().items()}, str(weights))
+    assert main([str(weights), "--games", "2", "--epsilons", "1.5"]) == 2
+    assert "--epsilons 1.5" in capsys.readouterr().err
+    (tmp_path / "bad.safetensors").write_bytes(b"not a tensor file")
+    assert main([str(tmp_path / "bad.safetensors"), "--games", "2"]) == 2
+    assert "bad.safetensors: not the Q-network" in capsys.readouterr().err
+    assert main([str(weights), "--games", "2", "--epsilons", "1.0", "--json", str(tmp_path / "gap.json")]) == 0
+    scores = json.loads((tmp_path / "gap.json").read_text())["scores"]
+    assert [s["epsilon"] for s in scores] == [1.0] and len(scores[0]["returns"]) == 2
+    assert -21 <= scores[0]["mean"] <= -15  # a uniformly random player

@@ -44,17 +44,18 @@ def random_act_fn(num_actions: int, seed: int) -> ActFn:
 
 
 def run_episodes(env_id: str, act_fn: ActFn, episodes: int, seed: int, max_parallel: int = 32,
-                 record_obs_limit: int = 0, max_episode_steps: int | None = None) -> EpisodeStats:
+                 record_obs_limit: int = 0, max_episode_steps: int | None = None,
+                 epsilon: float | None = None) -> EpisodeStats:
     """Run ``episodes`` full episodes, or cut each at ``max_episode_steps``; optionally keep up to
     ``record_obs_limit`` visited states. Episode i's exploration draws come from its own seed, so
-    they are the same whichever policy plays it."""
+    they are the same whichever policy plays it, and at whichever ``epsilon`` (None: the protocol's)."""
     returns = np.zeros(episodes, dtype=np.float64)
     lengths = np.zeros(episodes, dtype=np.int64)
     recorded: list[np.ndarray] = []
     recorded_count = 0
     next_episode = 0
     active: dict[int, tuple] = {}  # episode index -> (env, obs)
-    epsilon = eval_epsilon(env_id)
+    epsilon = eval_epsilon(env_id) if epsilon is None else epsilon
     explore: dict[int, np.random.Generator] = {}
     envs = [make_env(env_id) for _ in range(min(max_parallel, episodes))]
     free_envs = list(envs)
