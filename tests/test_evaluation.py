@@ -155,4 +155,3 @@ def test_run_episodes_plays_the_epsilon_it_is_given_on_the_same_games():
     random = run_episodes("CartPole-v1", always_left, 6, 5, epsilon=1.0)
     assert not np.array_equal(random.returns, protocol.returns)
     assert np.array_equal(run_episodes("CartPole-v1", always_left, 6, 5, epsilon=1.0).returns, random.returns)
-

@@ -96,6 +96,7 @@ def test_a_resumed_part_refills_its_replay_by_playing_its_network():
     assert actions["resumed"] == greedy.tolist()  # its network's choice, every time
     assert len(set(actions["fresh"])) > 1  # SB3's own warm-up: uniformly random
 
+
 def test_the_epsilon_greedy_value_is_max_at_0_and_the_mean_at_1():
     from kd_system.experiments.sb3_dqn import epsilon_greedy_value
 
